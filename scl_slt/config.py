@@ -1,0 +1,324 @@
+"""Typed configuration schema.
+
+Every YAML file under ``configs/`` is merged onto these dataclasses (registered with Hydra's
+ConfigStore as ``base_train`` / ``base_evaluate``), so an unknown key or a wrong type fails at
+composition time, naming the key. Value checks that types cannot express live in
+``validate_*`` below and run before any work starts.
+
+Sections mirror the config groups: ``data/``, ``model/``, ``selection/``, ``stage/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------- data
+class Modality(str, Enum):
+    features = "features"  # per-frame feature vectors, <feature_root>/<name>.npy, shape (T, D)
+    frames = "frames"  # RGB frames through the ResNet-18 sign embedding
+
+
+class Layout(str, Enum):
+    synthetic = "synthetic"  # generated on first use into data.synthetic.cache_dir
+    gfslt = "gfslt"  # labels.{train,dev,test} gzip-pickles (+ frames or features)
+    official = "official"  # the datasets' own release layout (corpus CSVs / csl2020ct_v2.pkl)
+
+
+class BadSample(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic sign language (``scl_slt.data.synthetic``)."""
+
+    seed: int = 0
+    cache_dir: str = "${oc.env:SCL_SLT_CACHE,~/.cache/scl_slt}/synthetic"
+    num_train: int = 600
+    num_dev: int = 80
+    num_test: int = 80
+    num_glosses: int = 40
+    num_signers: int = 4
+    feature_dim: int = 64
+    min_glosses: int = 2  # glosses per sentence
+    max_glosses: int = 6
+    min_gloss_frames: int = 6  # frames per gloss motion
+    max_gloss_frames: int = 10
+    noise: float = 0.15  # per-frame Gaussian noise (features) / pixel noise (frames)
+    signer_shift: float = 0.3  # strength of the per-signer style transform
+    confusable_rate: float = 0.2  # share of glosses that have a near-identical twin
+    confusable_distance: float = 0.1  # how close a twin's motion is to its partner's
+    duplicate_rate: float = 0.2  # share of train clips whose sentence is signed by another clip
+    image_size: int = 32  # frames modality: rendered frame side in pixels
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | phoenix14t | csl_daily
+    layout: Layout = Layout.synthetic
+    modality: Modality = Modality.features
+    language: str = "de"  # de (word-level metrics) | zh (character-level metrics)
+    lang_code: str = "de_DE"  # mBART-50 target language code
+    root: Optional[str] = None  # dataset root as released
+    labels_dir: Optional[str] = None  # folder with GFSLT-style labels.{train,dev,test}
+    feature_root: Optional[str] = None  # <feature_root>/<name>.npy
+    frame_root: Optional[str] = None  # frames root for GFSLT-style labels
+    frame_cache: Optional[str] = None  # uint8 frame store built by scl_slt.data.frame_cache
+    max_frames: int = 300  # temporal subsampling above this
+    resize: int = 256
+    crop: int = 224
+    augment: bool = True  # train-time clip-consistent augmentation (frames modality)
+    num_workers: int = 0
+    on_bad_sample: BadSample = BadSample.error
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+# -------------------------------------------------------------------------------------- model
+class SimilarityMethod(str, Enum):
+    cico = "cico"  # fine-grained token-level similarity (default)
+    cls = "cls"  # learned visual CLS token vs text EOS token, cosine
+    mean = "mean"  # masked mean pooling on both sides, cosine
+
+
+@dataclass
+class SignEmbeddingConfig:
+    feature_dim: int = 64  # input width in the features modality
+    pretrained: str = "none"  # frames modality ResNet-18 weights: none | imagenet | <path>
+    hidden: int = 1024  # temporal Conv1d width
+    kernel: int = 5
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    )
+
+
+@dataclass
+class SimilarityConfig:
+    method: SimilarityMethod = SimilarityMethod.cico
+    proj_dim: int = 256
+    tau: float = 0.07  # inner softmax temperature of the fine-grained similarity
+    logit_scale_init: float = 2.6592  # ln(1 / 0.07)
+    max_logit_scale: float = 4.6052  # ln(100)
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = 8
+    max_length: int = 100
+    length_penalty: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # tiny | mbart_large_50
+    mbart_path: Optional[str] = None  # HF id (local cache only) or a directory
+    tokenizer_path: Optional[str] = None  # defaults to mbart_path; tiny: trained on train texts
+    # Tiny MBart dimensions (ignored when mbart_path is given).
+    d_model: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    attention_heads: int = 4
+    ffn_dim: int = 128
+    vocab_size: int = 400  # tiny tokenizer's trained vocabulary size
+    max_position_embeddings: int = 256
+    dropout: float = 0.1
+    freeze_text_encoder: bool = True
+    sign_embedding: SignEmbeddingConfig = field(default_factory=SignEmbeddingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+# ---------------------------------------------------------------------------------- selection
+class SelectionName(str, Enum):
+    random = "random"
+    trajectory = "trajectory"
+    text_semantic = "text_semantic"
+    visual_confusable = "visual_confusable"
+    online_trajectory = "online_trajectory"
+
+
+class Schedule(str, Enum):
+    linear = "linear"
+    sqrt = "sqrt"
+    log = "log"
+    easy_only = "easy_only"
+    hard_only = "hard_only"
+
+
+@dataclass
+class SelectionConfig:
+    name: SelectionName = SelectionName.random
+    schedule: Schedule = Schedule.log
+    pair_scores: Optional[str] = None  # N x N fp16 .npy written by scl_slt.score
+    pool_size: Optional[int] = None  # sample this many candidates per pick (off by default)
+
+
+@dataclass
+class TrackerConfig:
+    enabled: bool = False
+    interval: int = 5  # epochs between snapshots (one is always taken before the first update)
+
+
+# ------------------------------------------------------------------------------ loss / stage
+@dataclass
+class LossConfig:
+    contrastive_weight: float = 1.0
+    translation_weight: float = 1.0
+    label_smoothing: float = 0.2
+    mask_duplicate_texts: bool = False  # drop off-diagonal pairs whose targets are identical
+    signcl_weight: float = 0.0  # 0.01 enables SignCL
+    signcl_margin_min: float = 10.0
+    signcl_margin_ratio: float = 2.3
+    signcl_m: float = 64.0
+
+
+class StageName(str, Enum):
+    contrastive = "contrastive"  # stage 1: contrastive + translation
+    translate = "translate"  # stage 2 (or the end-to-end baseline): translation only
+
+
+class NonFinite(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+@dataclass
+class StageConfig:
+    name: StageName = StageName.contrastive
+    epochs: int = 80
+    batch_size: int = 16  # global batch (split across ranks)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    drop_last: bool = False
+    eval_every: int = 1  # dev evaluation every N epochs (0: never)
+    eval_batch_size: int = 16
+    keep_last: int = 2  # complete checkpoints kept
+    keep_best: int = 1  # best-on-dev checkpoints kept
+    average_best: bool = False  # average the kept best checkpoints at the end
+    nonfinite: NonFinite = NonFinite.error
+    max_nonfinite: int = 10  # skip mode: stop after this many non-finite steps in a row
+    init_from: Optional[str] = None  # stage-1 run dir or checkpoint dir (stage 2)
+    log_every: int = 10
+    max_steps: Optional[int] = None  # stop early (smoke tests)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    run_dir: str = "runs/${stage.name}-${now:%Y%m%d-%H%M%S}"
+    resume: str = "none"  # none | auto | <checkpoint dir>
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    run_dir: str = "???"  # a training run directory
+    checkpoint: str = "best"  # best | last | <checkpoint dir>
+    split: str = "test"  # dev | test | train
+    batch_size: int = 16
+    num_beams: Optional[int] = None  # override the run's generation settings
+    max_length: Optional[int] = None
+    length_penalty: Optional[float] = None
+    out_dir: Optional[str] = None  # default: <run_dir>/eval/<split>
+    device: str = "auto"
+    precision: str = "auto"
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra so YAML is validated against them."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_train", node=TrainConfig)
+    cs.store(name="base_evaluate", node=EvaluateConfig)
+
+
+# --------------------------------------------------------------------------------- validation
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
+    """Check values types cannot express; return the typed object. Raises ConfigError."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)
+    s, d, m = cfg.stage, cfg.data, cfg.model
+    _check(s.epochs > 0, "stage.epochs", f"must be positive, got {s.epochs}")
+    _check(s.batch_size > 0, "stage.batch_size", f"must be positive, got {s.batch_size}")
+    _check(s.lr > 0, "stage.lr", f"must be positive, got {s.lr}")
+    _check(s.weight_decay >= 0, "stage.weight_decay", "must be >= 0")
+    _check(s.grad_accum >= 1, "stage.grad_accum", "must be >= 1")
+    _check(s.grad_clip >= 0, "stage.grad_clip", "must be >= 0 (0 disables clipping)")
+    _check(0 <= s.min_lr_ratio <= 1, "stage.min_lr_ratio", "must be in [0, 1]")
+    _check(s.keep_last >= 1, "stage.keep_last", "must be >= 1")
+    _check(s.keep_best >= 1, "stage.keep_best", "must be >= 1")
+    _check(cfg.resume in ("none", "auto") or bool(cfg.resume), "resume", "none | auto | a path")
+    _check(cfg.precision in ("auto", "fp32", "bf16"), "precision", f"unknown {cfg.precision!r}")
+    _check(d.language in ("de", "zh"), "data.language", f"de | zh, got {d.language!r}")
+    _check(d.max_frames > 0, "data.max_frames", "must be positive")
+    if d.layout is not Layout.synthetic:
+        _check(
+            any([d.root, d.labels_dir]),
+            "data.root",
+            f"dataset {d.name!r} needs data.root (or data.labels_dir): no data path given",
+        )
+        if d.modality is Modality.features:
+            _check(bool(d.feature_root), "data.feature_root", "features modality needs it")
+    sim = m.similarity
+    _check(sim.tau > 0, "model.similarity.tau", f"must be positive, got {sim.tau}")
+    _check(sim.proj_dim > 0, "model.similarity.proj_dim", "must be positive")
+    _check(m.lora.r > 0, "model.lora.r", "must be positive")
+    _check(cfg.loss.label_smoothing >= 0, "loss.label_smoothing", "must be >= 0")
+    _check(cfg.loss.signcl_weight >= 0, "loss.signcl_weight", "must be >= 0")
+    _check(cfg.tracker.interval >= 1, "tracker.interval", "must be >= 1")
+    needs_scores = cfg.selection.name in (SelectionName.trajectory,)
+    if needs_scores and s.name is StageName.contrastive:
+        _check(
+            bool(cfg.selection.pair_scores),
+            "selection.pair_scores",
+            "selection=trajectory needs the pair_scores file written by `python -m scl_slt.score`",
+        )
+    if s.name is StageName.translate:
+        _check(
+            cfg.selection.name is SelectionName.random,
+            "selection.name",
+            "stage=translate uses random batches; pair selection belongs to stage=contrastive",
+        )
+    return cfg
+
+
+def to_container(cfg: Any) -> dict:
+    """A plain dict of a typed or Omega config (for saving, hashing and logging)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
