@@ -43,7 +43,7 @@ class SyntheticConfig:
     """The built-in synthetic sign language (``scl_slt.data.synthetic``)."""
 
     seed: int = 0
-    cache_dir: str = "${oc.env:SCL_SLT_CACHE,~/.cache/scl_slt}/synthetic"
+    cache_dir: str = "${oc.env:SCL_SLT_CACHE,'~/.cache/scl_slt'}/synthetic"  # ~ is expanded
     num_train: int = 600
     num_dev: int = 80
     num_test: int = 80
