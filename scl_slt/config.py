@@ -257,6 +257,10 @@ def register_configs() -> None:
     """Register the schemas with Hydra so YAML is validated against them."""
     from hydra.core.config_store import ConfigStore
 
+    if not OmegaConf.has_resolver("now"):  # Hydra registers it only inside @hydra.main
+        from datetime import datetime
+
+        OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt))
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainConfig)
     cs.store(name="base_evaluate", node=EvaluateConfig)
