@@ -227,7 +227,7 @@ class StageConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    run_dir: str = "runs/${stage.name}-${now:%Y%m%d-%H%M%S}"
+    run_dir: str = "runs/${now:%Y%m%d-%H%M%S}"
     resume: str = "none"  # none | auto | <checkpoint dir>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
