@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, SelectionConfig, SelectionName
+from ..config import ConfigError, Schedule, SelectionConfig, SelectionName
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +173,24 @@ def build_batch_sampler(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
+    *,
+    texts: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+    language: str | None = None,
+    run_dir: str | os.PathLike | None = None,
+    trajectory: Any = None,
 ) -> GlobalBatchSampler:
     """The training batch sampler named by ``selection.name``.
 
     ``trajectory`` memory-maps ``selection.pair_scores`` (the N x N file of the reference run)
-    and checks that it matches the ``num_samples`` of the training split.
+    and checks that it matches the ``num_samples`` of the training split. ``text_semantic`` and
+    ``visual_confusable`` feed the same curriculum from their own score files
+    (``strategies.prepare_strategy_scores``, written under ``run_dir``): ``text_semantic`` needs
+    the train ``texts`` and ``language``, ``visual_confusable`` ``selection.snapshot`` (and checks
+    ``names`` against it when given). ``online_trajectory`` needs the ``OnlineTrajectory`` the
+    training loop updates after every step (``selection/online.py``).
     """
-    # Imported here: curriculum.py builds on GlobalBatchSampler from this module.
+    # Imported here: these modules build on GlobalBatchSampler from this module.
     from .curriculum import CurriculumBatchSampler, load_pair_scores
 
     try:
@@ -187,33 +199,59 @@ def build_batch_sampler(
         raise ConfigError(f"selection.name: unknown selection {cfg.name!r}") from e
     if name is SelectionName.random:
         return RandomBatchSampler(num_samples, batch_size, seed, rank, world_size, drop_last)
-    if name is SelectionName.trajectory:
-        if cfg.pool_size is not None and cfg.pool_size < 1:
-            raise ConfigError(f"selection.pool_size: must be >= 1 or null, got {cfg.pool_size}")
-        scores = load_pair_scores(cfg.pair_scores, num_samples)
-        sampler = CurriculumBatchSampler(
-            scores,
-            batch_size=batch_size,
-            epochs=epochs,
-            schedule=cfg.schedule,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            drop_last=drop_last,
-            pool_size=cfg.pool_size,
-        )
+    if cfg.pool_size is not None and cfg.pool_size < 1:
+        raise ConfigError(f"selection.pool_size: must be >= 1 or null, got {cfg.pool_size}")
+    if name is SelectionName.online_trajectory:
+        from .online import OnlineCurriculumSampler, OnlineTrajectory
+
+        if not isinstance(trajectory, OnlineTrajectory):
+            raise ConfigError(
+                "selection.name: online_trajectory needs the OnlineTrajectory that the training "
+                "loop updates after every step (build_batch_sampler(..., trajectory=...))"
+            )
+        if trajectory.num_samples != num_samples:
+            raise ValueError(
+                f"online_trajectory: the trajectory covers {trajectory.num_samples} samples, "
+                f"the training split has {num_samples}"
+            )
         if rank == 0:
             log.info(
-                "pair selection: %s, schedule %s, %d samples, global batch %d, pool %s",
-                cfg.pair_scores,
-                sampler.schedule.value,
+                "pair selection: online trajectory, schedule %s, decay %s, %d samples",
+                Schedule(cfg.schedule).value,
+                trajectory.decay,
                 num_samples,
-                batch_size,
-                cfg.pool_size,
             )
-        return sampler
-    available = ", ".join(n.value for n in (SelectionName.random, SelectionName.trajectory))
-    raise ConfigError(
-        f"selection.name: {name.value!r} has no batch sampler in this version "
-        f"(available: {available})"
+        return OnlineCurriculumSampler(
+            trajectory, batch_size, epochs, cfg.schedule, seed, rank, world_size, drop_last,
+            cfg.pool_size,
+        )  # fmt: skip
+    if name is SelectionName.trajectory:
+        path = cfg.pair_scores
+    else:
+        from .strategies import prepare_strategy_scores
+
+        path = prepare_strategy_scores(cfg, num_samples, texts, names, language, run_dir, rank)
+    scores = load_pair_scores(path, num_samples)
+    sampler = CurriculumBatchSampler(
+        scores,
+        batch_size=batch_size,
+        epochs=epochs,
+        schedule=cfg.schedule,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+        pool_size=cfg.pool_size,
     )
+    sampler.kind = name.value  # a resumed run must use the same strategy's scores
+    if rank == 0:
+        log.info(
+            "pair selection (%s): %s, schedule %s, %d samples, global batch %d, pool %s",
+            name.value,
+            path,
+            sampler.schedule.value,
+            num_samples,
+            batch_size,
+            cfg.pool_size,
+        )
+    return sampler
