@@ -14,19 +14,32 @@ Batch contract (what ``Collator`` returns; every stage, the tracker and evaluati
     input_lengths  LongTensor (B,)
     text_ids       LongTensor (B, L)      tokenizer.encode_targets(texts): [lang] ... </s>, padded
     text_mask      BoolTensor (B, L)
+
+Bad samples (``data.on_bad_sample``): a source raises ``DataError`` for a missing or unreadable
+clip. With ``error`` the dataset re-raises it naming the split, index, sample and path. With
+``skip`` ``__getitem__`` returns None, counts it in a counter shared with DataLoader workers
+(``SignDataset.bad_sample_count``; ``reset_bad_sample_count()`` once per epoch gives the epoch's
+count to log) and the Collator drops it: the batch is smaller, but there is still exactly one
+batch per sampler batch, so every rank steps the same number of times. A batch whose samples all
+failed collates to **None**; the loop must skip that step on every rank together, e.g.
+``if distributed.any_rank(batch is None): continue`` before the forward pass.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
+from ..config import BadSample
 from .labels import DataError
 
 log = logging.getLogger(__name__)
@@ -35,6 +48,9 @@ log = logging.getLogger(__name__)
 class ClipSource(Protocol):
     def load(self, record: dict[str, Any], train: bool) -> torch.Tensor:
         """The clip of one record: (T, D) features or (T, 3, H, W) frames, float32."""
+
+    def frame_count(self, record: dict[str, Any]) -> int:
+        """Frames available for the record (before subsampling); DataError when unreadable."""
 
 
 class FeatureSource:
@@ -58,6 +74,16 @@ class FeatureSource:
             raise DataError(f"feature file {path}: expected shape (T>0, D), got {arr.shape}")
         return torch.from_numpy(np.asarray(arr, dtype=np.float32))
 
+    def frame_count(self, record: dict[str, Any]) -> int:
+        """T from the array header (nothing else is read)."""
+        path = self.path(record["name"])
+        try:
+            return int(np.load(path, mmap_mode="r").shape[0])
+        except FileNotFoundError as e:
+            raise DataError(f"feature file missing for {record['name']!r}: {path}") from e
+        except (ValueError, OSError, EOFError, IndexError) as e:
+            raise DataError(f"feature file unreadable for {record['name']!r}: {path}: {e}") from e
+
 
 def subsample_indices(length: int, max_frames: int) -> np.ndarray:
     """Evenly spaced frame indices when a clip is longer than ``max_frames`` (deterministic)."""
@@ -66,8 +92,45 @@ def subsample_indices(length: int, max_frames: int) -> np.ndarray:
     return np.linspace(0, length - 1, max_frames).round().astype(np.int64)
 
 
+class BadSampleCounter:
+    """Skipped-sample count shared by the main process and its DataLoader workers.
+
+    One int64 slot per process in shared memory (slot 0: main process, 1 + worker id: workers),
+    each written by its own process only, so no lock is needed; the total is their sum."""
+
+    SLOTS = 64
+
+    def __init__(self) -> None:
+        self._slots = torch.zeros(self.SLOTS, dtype=torch.int64).share_memory_()
+        self._local = threading.Lock()  # threads of one process share a slot
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_slots": self._slots}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._slots = state["_slots"]
+        self._local = threading.Lock()
+
+    def increment(self) -> None:
+        worker = get_worker_info()
+        slot = 0 if worker is None else 1 + worker.id % (self.SLOTS - 1)
+        with self._local:
+            self._slots[slot] += 1
+
+    @property
+    def total(self) -> int:
+        return int(self._slots.sum())
+
+    def reset(self) -> int:
+        """Zero the count (call while workers are idle, e.g. between epochs); returns it."""
+        total = self.total
+        self._slots.zero_()
+        return total
+
+
 class SignDataset(Dataset):
-    """One split. ``train`` switches on the source's train-time augmentation."""
+    """One split. ``train`` switches on the source's train-time augmentation; ``on_bad_sample``
+    decides what a missing or unreadable clip does (see the module docstring)."""
 
     def __init__(
         self,
@@ -76,6 +139,7 @@ class SignDataset(Dataset):
         max_frames: int = 300,
         train: bool = False,
         split: str = "train",
+        on_bad_sample: BadSample | str = BadSample.error,
     ):
         if len(records) == 0:
             raise DataError(f"split {split!r} has no samples")
@@ -84,6 +148,17 @@ class SignDataset(Dataset):
         self.max_frames = max_frames
         self.train = train
         self.split = split
+        self.on_bad_sample = BadSample(on_bad_sample)
+        self._bad = BadSampleCounter()
+
+    @property
+    def bad_sample_count(self) -> int:
+        """Samples skipped so far (all workers) since creation or the last reset."""
+        return self._bad.total
+
+    def reset_bad_sample_count(self) -> int:
+        """The count so far, then zero: call once per epoch, between epochs, and log it."""
+        return self._bad.reset()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -96,12 +171,33 @@ class SignDataset(Dataset):
     def names(self) -> list[str]:
         return [r["name"] for r in self.records]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
-        clip = self.source.load(record, self.train)
+        try:
+            clip = self.source.load(record, self.train)
+        except DataError as e:
+            where = f"{self.split} sample {index} {record['name']!r}"
+            if self.on_bad_sample is BadSample.error:
+                raise DataError(f"{where}: {e} (data.on_bad_sample=skip skips such samples)") from e
+            self._bad.increment()
+            log.warning("skipping %s: %s", where, e)
+            return None
         if clip.shape[0] > self.max_frames:
             clip = clip[torch.from_numpy(subsample_indices(clip.shape[0], self.max_frames))]
         return {"index": index, "name": record["name"], "inputs": clip, "text": record["text"]}
+
+
+def _empty_batch(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised batch buffer. In a DataLoader worker it is created in shared memory, as
+    torch's default_collate does, so sending it to the main process copies nothing; elsewhere it
+    comes from numpy, whose large allocations use transparent huge pages (far fewer page faults
+    than torch's allocator for frame batches of hundreds of MB)."""
+    if get_worker_info() is not None:
+        storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
+        return like.new(storage).view(shape)
+    if like.device.type == "cpu" and like.dtype == torch.float32:
+        return torch.from_numpy(np.empty(shape, dtype=np.float32))
+    return like.new_empty(shape)
 
 
 class Collator:
@@ -110,12 +206,17 @@ class Collator:
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+        samples = [s for s in samples if s is not None]  # skipped bad samples
+        if not samples:
+            return None
         lengths = torch.tensor([s["inputs"].shape[0] for s in samples], dtype=torch.long)
         first = samples[0]["inputs"]
-        inputs = first.new_zeros((len(samples), int(lengths.max()), *first.shape[1:]))
+        inputs = _empty_batch(first, (len(samples), int(lengths.max()), *first.shape[1:]))
         for i, s in enumerate(samples):
-            inputs[i, : s["inputs"].shape[0]] = s["inputs"]
+            n = s["inputs"].shape[0]
+            inputs[i, :n] = s["inputs"]
+            inputs[i, n:] = 0
         texts = [s["text"] for s in samples]
         text_ids, text_mask = self.tokenizer.encode_targets(texts)
         return {

@@ -1,15 +1,38 @@
-"""Build a split from ``DataConfig``: the one place that knows which layout lives where."""
+"""Build a split from ``DataConfig``: the one place that knows which layout lives where.
+
+Layouts (``data.layout``) and where their parts come from:
+
+==========  ==========================================  ===========================================
+layout      records                                     frames (``modality=frames``)
+==========  ==========================================  ===========================================
+synthetic   generated labels (``ensure_synthetic``)     ``<generated root>/frames/<name>/``
+gfslt       ``<labels_dir or root>/labels.{split}``     ``imgs_path`` or ``<frame_root or root>/<name>/``
+official    corpus CSVs / ``csl2020ct_v2.pkl``          release folders (``official.py``) or ``frame_root``
+==========  ==========================================  ===========================================
+
+Features (``modality=features``) are ``<feature_root>/<name>.npy`` for every layout. With
+``data.frame_cache`` set, frames come from the cache instead of files (``frame_cache.py``).
+Label files and ``csl2020ct_v2.pkl`` are pickles: they are loaded only from the paths configured.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from ..config import DataConfig, Layout, Modality
-from .dataset import FeatureSource, SignDataset
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import BadSample, ConfigError, DataConfig, Layout, Modality
+from . import official
+from .dataset import ClipSource, FeatureSource, SignDataset
 from .labels import DataError, labels_path, read_labels
 
 log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _records(labels_dir: Path, split: str) -> list[dict]:
@@ -22,29 +45,133 @@ def _records(labels_dir: Path, split: str) -> list[dict]:
     return records
 
 
+def _synthetic_root(cfg: DataConfig) -> Path:
+    from .synthetic import ensure_synthetic
+
+    return Path(ensure_synthetic(cfg.synthetic, cfg.modality))
+
+
+def _required(value: str | None, key: str, what: str) -> Path:
+    if not value:
+        raise DataError(
+            f"data.{key} is not set: {what} (set it in the data config or on the command line)"
+        )
+    return Path(value).expanduser()
+
+
+def split_records(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
+    """The records of one split as the layout gives them (official PHOENIX: ``length`` None)."""
+    if cfg.layout is Layout.synthetic:
+        return _records(_synthetic_root(cfg), split)
+    if cfg.layout is Layout.gfslt:
+        where = cfg.labels_dir or cfg.root
+        return _records(
+            _required(where, "labels_dir", f"{cfg.name} needs its labels.* folder"), split
+        )
+    root = _required(cfg.root, "root", f"{cfg.name} (official layout) needs the release folder")
+    return official.official_records(cfg.name, root, split, cfg.frame_root)
+
+
+def frame_root_of(cfg: DataConfig) -> Path:
+    """The folder frame paths are relative to (official records carry absolute ``frames_dir``)."""
+    if cfg.frame_root:
+        return Path(cfg.frame_root).expanduser()
+    if cfg.layout is Layout.synthetic:
+        return _synthetic_root(cfg) / "frames"
+    root = _required(cfg.root, "frame_root", f"{cfg.name} frames: set data.frame_root or data.root")
+    if cfg.layout is Layout.official:
+        return official.default_frame_root(cfg.name, root)
+    return root
+
+
+def feature_root_of(cfg: DataConfig) -> Path:
+    """The folder of ``<name>.npy`` feature files."""
+    if cfg.layout is Layout.synthetic:
+        return _synthetic_root(cfg) / "features"
+    return _required(cfg.feature_root, "feature_root", "modality=features needs it")
+
+
+def build_source(cfg: DataConfig, train: bool) -> ClipSource:
+    """Features or frames (files or cache) for the configured layout and modality."""
+    if cfg.modality is Modality.features:
+        return FeatureSource(feature_root_of(cfg))
+    from .frames import build_frame_source
+
+    return build_frame_source(cfg, frame_root=frame_root_of(cfg), train=train)
+
+
+def _fill_lengths(records: list[dict[str, Any]], source: ClipSource) -> None:
+    """``length`` = frames found, where the layout does not give it (0 when none are found)."""
+    missing = 0
+    for record in records:
+        if record.get("length") is None:
+            try:
+                record["length"] = source.frame_count(record)
+            except DataError:
+                record["length"] = 0
+                missing += 1
+    if missing:
+        log.warning(
+            "%d samples have no readable frames; run python -m scl_slt.data.validate", missing
+        )
+
+
+def _check_known_broken(cfg: DataConfig, records: list[dict[str, Any]], source: ClipSource) -> None:
+    """Fail at build time, not mid-epoch, on a known-broken clip that error mode would stop on."""
+    if cfg.on_bad_sample is not BadSample.error or cfg.modality is not Modality.frames:
+        return
+    for record in records:
+        if record.get("known_issue"):
+            try:
+                source.frame_count(record)
+            except DataError as e:
+                raise DataError(f"{e}; or drop the clip from the split") from e
+
+
 def build_split(cfg: DataConfig, split: str, train: bool | None = None) -> SignDataset:
     """The dataset of one split. ``train`` (default: split == "train") enables augmentation."""
     train = split == "train" if train is None else train
-    if cfg.layout is Layout.synthetic:
-        from .synthetic import ensure_synthetic
+    records = split_records(cfg, split)
+    source = build_source(cfg, train)
+    _check_known_broken(cfg, records, source)
+    _fill_lengths(records, source)
+    return SignDataset(
+        records, source, cfg.max_frames, train=train, split=split, on_bad_sample=cfg.on_bad_sample
+    )
 
-        root = ensure_synthetic(cfg.synthetic, cfg.modality)
-        records = _records(root, split)
-        if cfg.modality is Modality.features:
-            source = FeatureSource(root / "features")
+
+# ------------------------------------------------------------------------- command-line config
+def data_config_from_args(
+    args: Sequence[str], extra_keys: Sequence[str] = ()
+) -> tuple[DataConfig, dict[str, str]]:
+    """``data=<name|file.yaml> data.key=value ... other=value`` -> (DataConfig, {other: value}).
+
+    ``<name>`` is a file of ``configs/data/``; keys are checked against the schema, so a typo
+    fails naming the key. Used by the data commands (validator, frame cache, benchmarks)."""
+    layers: list[Any] = [OmegaConf.structured(DataConfig)]
+    overrides, extra = [], {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"{arg!r}: expected key=value")
+        if key == "data":
+            path = Path(value).expanduser()
+            if not path.suffix:
+                path = CONFIG_DIR / "data" / f"{value}.yaml"
+            if not path.is_file():
+                raise ConfigError(f"data={value}: no config file {path}")
+            layers.append(OmegaConf.load(path))
+        elif key.startswith("data."):
+            overrides.append(f"{key[len('data.') :]}={value}")
+        elif key in extra_keys:
+            extra[key] = value
         else:
-            from .frames import build_frame_source
-
-            source = build_frame_source(cfg, frame_root=root / "frames", train=train)
-        return SignDataset(records, source, cfg.max_frames, train=train, split=split)
-    if cfg.layout is Layout.gfslt:
-        labels_dir = Path(cfg.labels_dir or cfg.root)
-        records = _records(labels_dir, split)
-        if cfg.modality is Modality.features:
-            source = FeatureSource(cfg.feature_root)
-        else:
-            from .frames import build_frame_source
-
-            source = build_frame_source(cfg, frame_root=Path(cfg.frame_root or cfg.root), train=train)
-        return SignDataset(records, source, cfg.max_frames, train=train, split=split)
-    raise DataError(f"data.layout={cfg.layout.value!r} is not supported yet")
+            raise ConfigError(
+                f"unknown argument {key!r} (expected data=..., data.<key>=... or {list(extra_keys)})"
+            )
+    try:
+        merged = OmegaConf.merge(*layers, OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"data config: {e}") from e
+    return cfg, extra
