@@ -76,3 +76,66 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True on every rank if `flag` is True on any rank (for agreeing on skips and stops)."""
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     return bool(all_reduce_sum(t).item() > 0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the gradient of its own slice summed over ranks.
+
+    Every rank's loss may depend on every rank's features, so d(sum_r loss_r)/d(x_q) is the sum
+    of the gradients all ranks computed for slice q. An all_reduce of the full gradient followed
+    by taking this rank's slice gives exactly that, on every backend (gloo has no reduce_scatter).
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank = dist.get_rank()
+        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, tensor.contiguous())
+        return torch.stack(out)  # (W, *tensor.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """(W, *shape) stack of every rank's tensor (same shape on all ranks); gradients flow back
+    to each rank's own input as the sum over ranks of the gradients of its slice. One process:
+    tensor[None]."""
+    if not is_initialized():
+        return tensor.unsqueeze(0)
+    return _GatherWithGrad.apply(tensor)
+
+
+def all_gather_padded(tensor: torch.Tensor, with_grad: bool = False) -> tuple[torch.Tensor, list]:
+    """Concatenate every rank's (B_r, T_r, ...) tensor along dim 0 in rank order.
+
+    B_r and T_r may differ across ranks (uneven last batches, variable token lengths): each
+    tensor is zero-padded to (max B, max T, ...) for the collective, then the batch padding is
+    cut off. Returns the (sum B_r, max T, ...) tensor and the list of B_r. Bool tensors are
+    gathered as uint8 (gloo has no bool collectives) and returned as bool. With `with_grad`, the
+    gradient reaches each rank's input as in `all_gather_with_grad`.
+    """
+    if tensor.dim() < 2:
+        raise ValueError(f"all_gather_padded: expected (B, T, ...), got {tuple(tensor.shape)}")
+    if not is_initialized():
+        return tensor, [tensor.shape[0]]
+    local = torch.tensor(tensor.shape[:2], dtype=torch.long, device=tensor.device)
+    shapes = [torch.empty_like(local) for _ in range(get_world_size())]
+    dist.all_gather(shapes, local)
+    sizes = [int(s[0]) for s in shapes]
+    max_b, max_t = max(sizes), max(int(s[1]) for s in shapes)
+    is_bool = tensor.dtype == torch.bool
+    x = tensor.to(torch.uint8) if is_bool else tensor
+    pad = [0, 0] * (x.dim() - 2) + [0, max_t - x.shape[1], 0, max_b - x.shape[0]]
+    x = torch.nn.functional.pad(x, pad)  # (max B, max T, ...)
+    if with_grad:
+        stacked = all_gather_with_grad(x)  # (W, max B, max T, ...)
+    else:
+        parts = [torch.empty_like(x) for _ in range(get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        stacked = torch.stack(parts)
+    out = torch.cat([stacked[r, :b] for r, b in enumerate(sizes)])  # (sum B_r, max T, ...)
+    return (out.bool() if is_bool else out), sizes
