@@ -10,8 +10,10 @@ Sections mirror the config groups: ``data/``, ``model/``, ``selection/``, ``stag
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,8 +36,13 @@ class Layout(str, Enum):
 
 
 class BadSample(str, Enum):
-    error = "error"
-    skip = "skip"
+    error = "error"  # stop with the sample's name and path
+    skip = "skip"  # drop the sample from its batch and count it (SignDataset.bad_sample_count)
+
+
+class ResizeMode(str, Enum):
+    square = "square"  # every frame to resize x resize, aspect not kept (GFSLT lineage)
+    short_side = "short_side"  # shorter side to resize, aspect kept
 
 
 @dataclass
@@ -57,8 +64,9 @@ class SyntheticConfig:
     noise: float = 0.15  # per-frame Gaussian noise (features) / pixel noise (frames)
     signer_shift: float = 0.3  # strength of the per-signer style transform
     confusable_rate: float = 0.2  # share of glosses that have a near-identical twin
-    confusable_distance: float = 0.1  # how close a twin's motion is to its partner's
+    confusable_distance: float = 0.1  # twin-to-partner motion distance / a random pair's (<= 0.4)
     duplicate_rate: float = 0.2  # share of train clips whose sentence is signed by another clip
+    eval_seen_rate: float = 0.1  # share of dev/test clips whose sentence also occurs in train
     image_size: int = 32  # frames modality: rendered frame side in pixels
 
 
@@ -76,8 +84,13 @@ class DataConfig:
     frame_cache: Optional[str] = None  # uint8 frame store built by scl_slt.data.frame_cache
     max_frames: int = 300  # temporal subsampling above this
     resize: int = 256
-    crop: int = 224
+    resize_mode: ResizeMode = ResizeMode.square
+    crop: int = 224  # random crop (train) / centre crop (eval) after the resize
     augment: bool = True  # train-time clip-consistent augmentation (frames modality)
+    rotate_degrees: float = 5.0  # augment: rotation drawn from [-d, d]
+    scale_jitter: float = 0.1  # augment: zoom drawn from [1 - j, 1 + j]
+    brightness: float = 0.2  # augment: brightness factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.2  # augment: contrast factor drawn from [1 - c, 1 + c]
     num_workers: int = 0
     on_bad_sample: BadSample = BadSample.error
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -163,12 +176,30 @@ class Schedule(str, Enum):
     hard_only = "hard_only"
 
 
+class OnlineDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class TextScoreMethod(str, Enum):
+    tfidf = "tfidf"  # TF-IDF cosine: words (de) / character 1-2-grams (zh)
+    embedding = "embedding"  # mean-pooled sentence embeddings from text_model_path (local only)
+
+
 @dataclass
 class SelectionConfig:
     name: SelectionName = SelectionName.random
-    schedule: Schedule = Schedule.log
+    schedule: Schedule = Schedule.log  # alpha = schedule((epoch + 1) / epochs), 0-based epoch
     pair_scores: Optional[str] = None  # N x N fp16 .npy written by scl_slt.score
     pool_size: Optional[int] = None  # sample this many candidates per pick (off by default)
+    # text_semantic: scores from target-sentence similarity (scl_slt/selection/strategies.py)
+    text_method: TextScoreMethod = TextScoreMethod.tfidf
+    text_model_path: Optional[str] = None  # local sentence-embedding model dir (embedding)
+    # visual_confusable: a reference run's snapshot folder (epoch-XXXX, or snapshots/ = latest)
+    snapshot: Optional[str] = None
+    # online_trajectory: per-pair EMA of in-batch similarity (scl_slt/selection/online.py)
+    online_decay: float = 0.5  # weight of the previous average at each new observation
+    online_dtype: OnlineDtype = OnlineDtype.float32  # state: 2 N^2 x 4 (or 2) bytes
 
 
 @dataclass
@@ -222,6 +253,7 @@ class StageConfig:
     init_from: Optional[str] = None  # stage-1 run dir or checkpoint dir (stage 2)
     log_every: int = 10
     max_steps: Optional[int] = None  # stop early (smoke tests)
+    sync_batchnorm: bool = False  # multi-GPU on CUDA: ResNet BatchNorm over the global batch
 
 
 @dataclass
@@ -243,12 +275,13 @@ class TrainConfig:
 class EvaluateConfig:
     run_dir: str = "???"  # a training run directory
     checkpoint: str = "best"  # best | last | <checkpoint dir>
-    split: str = "test"  # dev | test | train
+    split: str = "test"  # dev | test | train (test: final evaluation only, never for selection)
     batch_size: int = 16
     num_beams: Optional[int] = None  # override the run's generation settings
     max_length: Optional[int] = None
     length_penalty: Optional[float] = None
-    out_dir: Optional[str] = None  # default: <run_dir>/eval/<split>
+    num_workers: Optional[int] = None  # default: the run's data.num_workers
+    out_dir: Optional[str] = None  # default: <run_dir>/eval/<checkpoint tag>/<split>
     device: str = "auto"
     precision: str = "auto"
 
@@ -275,6 +308,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
     """Check values types cannot express; return the typed object. Raises ConfigError."""
     if isinstance(cfg, DictConfig):
+        schema = OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False)
+        _reject_unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema)
         cfg = OmegaConf.to_object(cfg)
     s, d, m = cfg.stage, cfg.data, cfg.model
     _check(s.epochs > 0, "stage.epochs", f"must be positive, got {s.epochs}")
@@ -318,7 +353,60 @@ def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
             "selection.name",
             "stage=translate uses random batches; pair selection belongs to stage=contrastive",
         )
+    _validate_engine(cfg)
     return cfg
+
+
+def _reject_unknown_keys(cfg: Any, schema: Any, prefix: str = "") -> None:
+    """Keys added with Hydra's ``+key=value`` bypass the schema (and ``to_object`` would drop
+    them silently): a misspelt key must fail, not be ignored. Walks plain containers."""
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        _check(key in schema, path, "unknown key (not in the config schema; misspelt?)")
+        if isinstance(value, dict) and isinstance(schema[key], dict):
+            _reject_unknown_keys(value, schema[key], f"{path}.")
+
+
+def _check_path(value: str | None, key: str) -> None:
+    if value:
+        _check(Path(value).expanduser().exists(), key, f"path does not exist: {value}")
+
+
+def _validate_engine(cfg: TrainConfig) -> None:
+    """Training-engine values: schedule, evaluation, faults, resume, and every path exists."""
+    s, loss = cfg.stage, cfg.loss
+    _check(s.warmup_epochs >= 0, "stage.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
+    _check(s.warmup_epochs <= s.epochs, "stage.warmup_epochs", "must not exceed stage.epochs")
+    _check(s.eval_every >= 0, "stage.eval_every", "must be >= 0 (0: never)")
+    _check(s.eval_batch_size > 0, "stage.eval_batch_size", "must be positive")
+    _check(s.log_every >= 1, "stage.log_every", "must be >= 1")
+    _check(s.max_nonfinite >= 1, "stage.max_nonfinite", "must be >= 1")
+    _check(s.max_steps is None or s.max_steps >= 1, "stage.max_steps", "must be >= 1 or null")
+    _check(s.grad_clip == s.grad_clip, "stage.grad_clip", "must be a number, got nan")
+    for key in ("contrastive_weight", "translation_weight"):
+        _check(getattr(loss, key) >= 0, f"loss.{key}", "must be >= 0")
+    _check(
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None,
+        "device",
+        f"auto | cpu | cuda | cuda:N, got {cfg.device!r}",
+    )
+    if s.name is StageName.translate:
+        _check(loss.translation_weight > 0, "loss.translation_weight", "must be > 0 in stage 2")
+        _check(not cfg.tracker.enabled, "tracker.enabled", "snapshots belong to stage=contrastive")
+    else:
+        _check(
+            loss.contrastive_weight > 0,
+            "loss.contrastive_weight",
+            "stage=contrastive needs it > 0 (translation only is stage=translate)",
+        )
+        _check(s.init_from is None, "stage.init_from", "only stage=translate starts from a run")
+    d = cfg.data
+    for key in ("root", "labels_dir", "feature_root", "frame_root", "frame_cache"):
+        _check_path(getattr(d, key), f"data.{key}")
+    _check_path(cfg.selection.pair_scores, "selection.pair_scores")
+    _check_path(s.init_from, "stage.init_from")
+    if cfg.resume not in ("none", "auto"):
+        _check_path(cfg.resume, "resume")
 
 
 def to_container(cfg: Any) -> dict:
