@@ -151,6 +151,7 @@ class ModelConfig:
     ffn_dim: int = 128
     vocab_size: int = 400  # tiny tokenizer's trained vocabulary size
     max_position_embeddings: int = 256
+    init_std: float = 0.02  # tiny MBart weight init (MBartConfig.init_std); tiny.yaml: 0.1
     dropout: float = 0.1
     freeze_text_encoder: bool = True
     sign_embedding: SignEmbeddingConfig = field(default_factory=SignEmbeddingConfig)
@@ -244,6 +245,9 @@ class StageConfig:
     grad_accum: int = 1
     drop_last: bool = False
     eval_every: int = 1  # dev evaluation every N epochs (0: never)
+    # Stage 1: dev retrieval R@K / median rank and Sign Density Ratio every N epochs (0: never;
+    # null: with every dev evaluation, i.e. eval_every). scl_slt/alignment_metrics.py
+    retrieval_every: Optional[int] = None
     eval_batch_size: int = 16
     keep_last: int = 2  # complete checkpoints kept
     keep_best: int = 1  # best-on-dev checkpoints kept
@@ -379,6 +383,11 @@ def _validate_engine(cfg: TrainConfig) -> None:
     _check(s.warmup_epochs <= s.epochs, "stage.warmup_epochs", "must not exceed stage.epochs")
     _check(s.eval_every >= 0, "stage.eval_every", "must be >= 0 (0: never)")
     _check(s.eval_batch_size > 0, "stage.eval_batch_size", "must be positive")
+    _check(
+        s.retrieval_every is None or s.retrieval_every >= 0,
+        "stage.retrieval_every",
+        f"must be >= 0 (0: never) or null (with eval_every), got {s.retrieval_every}",
+    )
     _check(s.log_every >= 1, "stage.log_every", "must be >= 1")
     _check(s.max_nonfinite >= 1, "stage.max_nonfinite", "must be >= 1")
     _check(s.max_steps is None or s.max_steps >= 1, "stage.max_steps", "must be >= 1 or null")
@@ -393,6 +402,11 @@ def _validate_engine(cfg: TrainConfig) -> None:
     if s.name is StageName.translate:
         _check(loss.translation_weight > 0, "loss.translation_weight", "must be > 0 in stage 2")
         _check(not cfg.tracker.enabled, "tracker.enabled", "snapshots belong to stage=contrastive")
+        _check(
+            not s.retrieval_every,
+            "stage.retrieval_every",
+            "retrieval needs the text branch, which stage=translate drops (set it to 0 or null)",
+        )
     else:
         _check(
             loss.contrastive_weight > 0,
@@ -404,9 +418,42 @@ def _validate_engine(cfg: TrainConfig) -> None:
     for key in ("root", "labels_dir", "feature_root", "frame_root", "frame_cache"):
         _check_path(getattr(d, key), f"data.{key}")
     _check_path(cfg.selection.pair_scores, "selection.pair_scores")
+    _validate_selection(cfg)
     _check_path(s.init_from, "stage.init_from")
     if cfg.resume not in ("none", "auto"):
         _check_path(cfg.resume, "resume")
+
+
+def _validate_selection(cfg: TrainConfig) -> None:
+    """Fields of the selection strategies other than ``trajectory`` (stage 1 only)."""
+    sel = cfg.selection
+    _check(
+        0.0 <= sel.online_decay < 1.0,
+        "selection.online_decay",
+        f"must be in [0, 1), got {sel.online_decay}",
+    )
+    _check(
+        sel.pool_size is None or sel.pool_size >= 1,
+        "selection.pool_size",
+        f"must be >= 1 or null, got {sel.pool_size}",
+    )
+    if cfg.stage.name is not StageName.contrastive:
+        return
+    if sel.name is SelectionName.visual_confusable:
+        _check(
+            bool(sel.snapshot),
+            "selection.snapshot",
+            "selection=visual_confusable needs a reference run's snapshot folder (epoch-XXXX, "
+            "its snapshots/ folder or the run folder)",
+        )
+        _check_path(sel.snapshot, "selection.snapshot")
+    if sel.name is SelectionName.text_semantic and sel.text_method is TextScoreMethod.embedding:
+        _check(
+            bool(sel.text_model_path),
+            "selection.text_model_path",
+            "selection.text_method=embedding needs a local sentence-embedding model folder",
+        )
+        _check_path(sel.text_model_path, "selection.text_model_path")
 
 
 def to_container(cfg: Any) -> dict:

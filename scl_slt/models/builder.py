@@ -1,0 +1,305 @@
+"""Build the tokenizer and the model from config: the only `from_pretrained` calls.
+
+Pretrained mBART-50 weights and tokenizers come from a directory or the local Hugging Face cache
+(`local_files_only=True`); nothing is downloaded. Without `model.mbart_path` the same classes are
+built tiny from `MBartConfig` with a tokenizer trained on the training sentences.
+
+`load_submodules` is the stage 1 -> stage 2 hand-off: it loads a checkpoint by submodule name,
+drops the text branch on purpose (and says so), and fails on any other missing or extra key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import MBartConfig
+
+from ..config import DataConfig, LoraConfig, Modality, ModelConfig
+from .sign_embedding import resnet18_weights
+from .slt import TEXT_BRANCH, SignTranslationModel, SpecialTokens
+from .tokenizer import SLTTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class HandOffError(RuntimeError):
+    """A checkpoint does not match the model it is loaded into; the message lists the keys."""
+
+
+# ------------------------------------------------------------------ local pretrained files
+def _resolve(path: str) -> str:
+    """A directory as given (~ expanded), or a Hugging Face id to look up in the local cache."""
+    expanded = os.path.expanduser(path)
+    return expanded if Path(expanded).exists() else path
+
+
+def _not_local(path: str, what: str, error: Exception) -> OSError:
+    return OSError(
+        f"model.mbart_path / model.tokenizer_path={path!r}: cannot load the {what} from a local "
+        f"directory or the local Hugging Face cache (nothing is downloaded at run time): {error}. "
+        f"On a machine with internet run `hf download {path}` (or `huggingface-cli download "
+        f"{path}`) and copy the cache ($HF_HOME) here, or point the key at a directory made with "
+        f"save_pretrained (e.g. by `python -m scl_slt.trim_vocab`)."
+    )
+
+
+def load_pretrained_mbart(path: str):
+    """MBartForConditionalGeneration from a local directory or the local HF cache."""
+    from transformers import MBartForConditionalGeneration
+
+    try:
+        return MBartForConditionalGeneration.from_pretrained(_resolve(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise _not_local(path, "mBART model", e) from e
+
+
+def load_pretrained_tokenizer(path: str):
+    """The Hugging Face tokenizer of an mBART-50 directory (or cached id), locally."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(_resolve(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise _not_local(path, "tokenizer", e) from e
+
+
+# ------------------------------------------------------------------------- tokenizer
+def build_tokenizer(
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    train_texts: Sequence[str],
+    out_dir: str | os.PathLike | None = None,
+) -> SLTTokenizer:
+    """mBART-50's tokenizer (`model.tokenizer_path` or `model.mbart_path`) or the tiny one
+    trained on `train_texts`; saved to `out_dir` (the run's `tokenizer/`) when given."""
+    path = model_cfg.tokenizer_path or model_cfg.mbart_path
+    if path and SLTTokenizer.is_saved_in(os.path.expanduser(path)):
+        tokenizer = SLTTokenizer.load(os.path.expanduser(path))
+        if tokenizer.lang_code != data_cfg.lang_code:
+            tokenizer = SLTTokenizer(
+                tokenizer.backend, data_cfg.lang_code, data_cfg.language, tokenizer.source
+            )
+    elif path:
+        hf_tokenizer = load_pretrained_tokenizer(path)
+        tokenizer = SLTTokenizer(
+            hf_tokenizer.backend_tokenizer, data_cfg.lang_code, data_cfg.language, source="mbart"
+        )
+        log.info("tokenizer from %s: vocabulary %d", path, tokenizer.vocab_size)
+    else:
+        tokenizer = SLTTokenizer.train(
+            train_texts, data_cfg.language, data_cfg.lang_code, model_cfg.vocab_size
+        )
+    if out_dir is not None:
+        tokenizer.save(out_dir)
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- model
+def tiny_mbart_config(model_cfg: ModelConfig, tokenizer: SLTTokenizer) -> MBartConfig:
+    """A small MBart (pre-LN, scaled embeddings, like mBART-large-50) from ModelConfig."""
+    return MBartConfig(
+        vocab_size=tokenizer.vocab_size,
+        d_model=model_cfg.d_model,
+        encoder_layers=model_cfg.encoder_layers,
+        decoder_layers=model_cfg.decoder_layers,
+        encoder_attention_heads=model_cfg.attention_heads,
+        decoder_attention_heads=model_cfg.attention_heads,
+        encoder_ffn_dim=model_cfg.ffn_dim,
+        decoder_ffn_dim=model_cfg.ffn_dim,
+        max_position_embeddings=model_cfg.max_position_embeddings,
+        init_std=model_cfg.init_std,
+        dropout=model_cfg.dropout,
+        scale_embedding=True,
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        decoder_start_token_id=tokenizer.eos_id,
+    )
+
+
+def assemble_model(
+    config: MBartConfig, model_cfg: ModelConfig, modality: Modality | str, special: SpecialTokens
+) -> SignTranslationModel:
+    """The model with random weights, LoRA and freezing applied (works on the meta device)."""
+    model = _new_model(config, model_cfg, modality, special)
+    apply_lora(model, model_cfg.lora)
+    return model
+
+
+def _new_model(
+    config: MBartConfig, model_cfg: ModelConfig, modality: Modality | str, special: SpecialTokens
+) -> SignTranslationModel:
+    return SignTranslationModel(
+        config,
+        model_cfg.sign_embedding,
+        modality,
+        model_cfg.similarity,
+        special,
+        freeze_text_encoder=model_cfg.freeze_text_encoder,
+    )
+
+
+def apply_lora(model: SignTranslationModel, lora: LoraConfig) -> None:
+    """LoRA adapters on the visual encoder and the decoder, whose own weights then freeze.
+
+    New parameters of the visual side (the CLS token) stay trainable; the text encoder keeps the
+    setting of `freeze_text_encoder`; the sign embedding and the similarity head train fully.
+    """
+    if not lora.enabled:
+        return
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+    )
+    for target in (model.visual_encoder.encoder, model.decoder):
+        target.requires_grad_(False)
+        inject_adapter_in_model(peft_cfg, target)
+        for name, param in target.named_parameters():
+            param.requires_grad_("lora_" in name)
+        if not any("lora_" in name for name, _ in target.named_parameters()):
+            raise ValueError(
+                f"model.lora.target_modules={list(lora.target_modules)} matched no layer"
+            )
+    if model.visual_encoder.cls_token is not None:
+        model.visual_encoder.cls_token.requires_grad_(True)
+
+
+def load_mbart_weights(model: SignTranslationModel, pretrained: nn.Module) -> None:
+    """Copy a pretrained MBartForConditionalGeneration into the three MBart submodules.
+
+    Both encoders start from mBART's encoder (the visual one without the token table), the
+    decoder from mBART's decoder; mBART's LM head is its tied token embedding, which our
+    decoder reads directly. Must run before LoRA wraps the linear layers.
+    """
+    if not getattr(pretrained.config, "tie_word_embeddings", True):
+        raise ValueError("expected an mBART checkpoint whose LM head is tied to its embeddings")
+    encoder_state = pretrained.model.encoder.state_dict()
+    visual = {k: v for k, v in encoder_state.items() if not k.startswith("embed_tokens.")}
+    model.visual_encoder.encoder.load_state_dict(visual, strict=True)
+    model.text_encoder.load_state_dict(encoder_state, strict=True)
+    model.decoder.decoder.load_state_dict(pretrained.model.decoder.state_dict(), strict=True)
+    model.decoder.final_logits_bias.copy_(pretrained.final_logits_bias)
+
+
+def build_model(
+    model_cfg: ModelConfig, data_cfg: DataConfig, tokenizer: SLTTokenizer
+) -> SignTranslationModel:
+    """The model of `model_cfg` for `data_cfg`'s input modality, on the CPU (the caller moves
+    it). Logs trainable/frozen parameter counts."""
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    pretrained = None
+    if model_cfg.mbart_path:
+        pretrained = load_pretrained_mbart(model_cfg.mbart_path)
+        config = MBartConfig.from_dict(pretrained.config.to_dict())
+        config.dropout = model_cfg.dropout
+        if config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(
+                f"model.mbart_path={model_cfg.mbart_path!r} has a vocabulary of "
+                f"{config.vocab_size} but its tokenizer has {tokenizer.vocab_size}: use the "
+                f"tokenizer saved with the model (e.g. both from scl_slt.trim_vocab)"
+            )
+    else:
+        config = tiny_mbart_config(model_cfg, tokenizer)
+    model = _new_model(config, model_cfg, data_cfg.modality, special)
+    if pretrained is not None:
+        load_mbart_weights(model, pretrained)
+        log.info("mBART weights from %s", model_cfg.mbart_path)
+        del pretrained
+    if Modality(data_cfg.modality) is Modality.frames:
+        weights = resnet18_weights(model_cfg.sign_embedding.pretrained)
+        if weights is not None:
+            model.sign_embedding.load_backbone(weights)
+    apply_lora(model, model_cfg.lora)
+    log_parameter_counts(model)
+    return model
+
+
+# ---------------------------------------------------------------------- parameters
+def count_parameters(model: nn.Module) -> dict[str, Any]:
+    """Total / trainable / frozen parameter counts, overall and per top-level submodule."""
+
+    def counts(params) -> dict[str, int]:
+        params = list(params)
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+    report: dict[str, Any] = counts(model.parameters())
+    report["submodules"] = {
+        name: counts(child.parameters())
+        for name, child in model.named_children()
+        if child is not None
+    }
+    return report
+
+
+def log_parameter_counts(model: nn.Module) -> dict[str, Any]:
+    report = count_parameters(model)
+    log.info(
+        "parameters: %s total, %s trainable, %s frozen",
+        f"{report['total']:,}",
+        f"{report['trainable']:,}",
+        f"{report['frozen']:,}",
+    )
+    for name, c in report["submodules"].items():
+        log.info(
+            "  %-15s %14s total %14s trainable", name, f"{c['total']:,}", f"{c['trainable']:,}"
+        )
+    return report
+
+
+# ----------------------------------------------------------------- stage hand-off
+def _listing(keys: Sequence[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_submodules(
+    model: nn.Module, state_dict: Mapping[str, Tensor], drop: Sequence[str] = TEXT_BRANCH
+) -> dict[str, Any]:
+    """Load a stage-1 checkpoint into a stage-2 model by submodule name.
+
+    The submodules named in `drop` are removed from the model (if still there) and their
+    checkpoint tensors are discarded, on purpose and logged. Every other key must match exactly:
+    a missing or extra key raises `HandOffError` listing them, before anything is loaded.
+    Returns a report: tensors loaded per submodule and tensors dropped per branch.
+    """
+    dropped: dict[str, int] = {}
+    for name in drop:
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+        dropped[name] = sum(1 for k in state_dict if k.split(".", 1)[0] == name)
+        log.info(
+            "hand-off: dropping %s (%d checkpoint tensors) on purpose: stage 2 trains "
+            "translation only",
+            name,
+            dropped[name],
+        )
+    kept = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in set(drop)}
+    expected = set(model.state_dict())
+    missing, extra = expected - set(kept), set(kept) - expected
+    if missing or extra:
+        raise HandOffError(
+            f"checkpoint does not match the model: {len(missing)} missing key(s) "
+            f"[{_listing(missing)}]; {len(extra)} unexpected key(s) [{_listing(extra)}]. "
+            f"Stage 1 and stage 2 must use the same model config (LoRA, similarity method, "
+            f"modality); only {', '.join(drop) or 'nothing'} is dropped on purpose."
+        )
+    model.load_state_dict(kept, strict=True)
+    loaded: dict[str, int] = {}
+    for key in kept:
+        loaded[key.split(".", 1)[0]] = loaded.get(key.split(".", 1)[0], 0) + 1
+    log.info("hand-off: loaded %d tensors (%s)", len(kept), loaded)
+    return {"loaded": loaded, "dropped": dropped, "num_loaded": len(kept)}
