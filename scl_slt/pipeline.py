@@ -1,0 +1,226 @@
+"""The whole method in one command.
+
+    python -m scl_slt.pipeline [pipeline options] [training overrides]
+
+Steps (each a normal run directory under ``out_dir``; a finished step is not run again, and an
+interrupted one resumes from its newest complete checkpoint):
+
+1. ``1-reference``  contrastive stage with random batches and the snapshot tracker on
+2. scoring          similarity of every train pair at every snapshot -> ``pair_scores.npy``
+3. ``2-selective``  contrastive stage with the pair-selection curriculum (SCL)
+4. ``3-translate``  translation stage initialised from step 3 (SCL-SLT)
+5. test evaluation  of the best-on-dev checkpoint of step 4, and a results table
+
+Pipeline options are the fields of ``PipelineConfig``; every other ``key=value`` is a Hydra override
+passed to every training step (``data=phoenix14t``, ``model=mbart_large_50``, ``stage.lr=3e-4``).
+With ``compare_random=true`` the CL-SLT baseline (random contrastive stage, then translation) runs
+too, so the table shows both rows from the same budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .config import TrainConfig, register_configs, validate_train
+
+log = logging.getLogger("scl_slt.pipeline")
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l")
+
+
+@dataclass
+class PipelineConfig:
+    out_dir: str = "runs/pipeline"
+    experiment: str = "tiny"  # configs/experiment/<name>.yaml for every training step ("none": off)
+    reference_epochs: int = 12
+    contrastive_epochs: int = 12
+    translate_epochs: int = 30
+    interval: int = 3  # reference-run snapshot interval (epochs)
+    delta: str = "endpoints"  # endpoints | slope
+    threshold: str = "last_median"  # last_median | per_snapshot
+    compare_random: bool = False  # also run CL-SLT (random stage 1) on the same budget
+    device: str = "auto"
+
+
+def split_arguments(argv: list[str]) -> tuple[PipelineConfig, list[str]]:
+    """Pipeline options (PipelineConfig fields) vs Hydra overrides for the training steps."""
+    own = {f.name for f in fields(PipelineConfig)}
+    mine, overrides = [], []
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        (mine if key in own else overrides).append(arg)
+    cfg = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.from_dotlist(mine))
+    cfg = OmegaConf.to_object(cfg)
+    if cfg.delta not in ("endpoints", "slope"):
+        raise ValueError(f"delta: endpoints | slope, got {cfg.delta!r}")
+    if cfg.threshold not in ("last_median", "per_snapshot"):
+        raise ValueError(f"threshold: last_median | per_snapshot, got {cfg.threshold!r}")
+    for name in ("reference_epochs", "contrastive_epochs", "translate_epochs", "interval"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
+    return cfg, overrides
+
+
+def compose_train_config(overrides: list[str]) -> TrainConfig:
+    """A validated TrainConfig from configs/train.yaml plus overrides (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=overrides)
+    return validate_train(cfg)
+
+
+class Pipeline:
+    """Runs the steps in order and records finished ones in ``<out_dir>/pipeline.json``."""
+
+    def __init__(self, cfg: PipelineConfig, overrides: list[str]):
+        self.cfg = cfg
+        self.overrides = overrides
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.out / "pipeline.json"
+        self.state: dict[str, Any] = (
+            json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        )
+        self.timings: dict[str, float] = self.state.get("_timings", {})
+
+    def _save(self) -> None:
+        self.state["_timings"] = self.timings
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        tmp.replace(self.state_path)
+
+    def step(self, name: str, fn, *args) -> Any:
+        if name in self.state:
+            log.info("step %s already done: %s", name, self.state[name])
+            return self.state[name]
+        log.info("==> step %s", name)
+        start = time.time()
+        result = fn(*args)
+        self.timings[name] = round(time.time() - start, 1)
+        self.state[name] = result
+        self._save()
+        return result
+
+    def train(self, run_name: str, stage_overrides: list[str]) -> dict:
+        from .stages import contrastive, translate
+
+        experiment = [] if self.cfg.experiment == "none" else [f"experiment={self.cfg.experiment}"]
+        overrides = [
+            *experiment,
+            *self.overrides,
+            *stage_overrides,
+            f"run_dir={self.out / run_name}",
+            "resume=auto",
+            f"device={self.cfg.device}",
+        ]
+        cfg = compose_train_config(overrides)
+        runner = contrastive if cfg.stage.name.value == "contrastive" else translate
+        result = runner.run(cfg)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in result.items()}
+
+    def score(self, run_dir: Path) -> dict:
+        from .score import score_run
+
+        device = None if self.cfg.device == "auto" else self.cfg.device
+        path = score_run(run_dir, delta=self.cfg.delta, threshold=self.cfg.threshold, device=device)
+        summary = run_dir / "trajectory" / "summary.json"
+        shares = json.loads(summary.read_text()).get("shares") if summary.exists() else None
+        return {"pair_scores": str(path), "category_shares": shares}
+
+    def test(self, run_dir: Path) -> dict:
+        from .evaluate import evaluate_run
+
+        metrics = evaluate_run(run_dir, checkpoint="best", split="test")
+        return {k: metrics[k] for k in (*METRIC_KEYS, "bleu_signature") if k in metrics}
+
+    def run(self) -> dict[str, dict]:
+        c = self.cfg
+        ref = self.step(
+            "reference",
+            self.train,
+            "1-reference",
+            [
+                "stage=contrastive",
+                "selection=random",
+                "tracker.enabled=true",
+                f"tracker.interval={c.interval}",
+                f"stage.epochs={c.reference_epochs}",
+            ],
+        )
+        scores = self.step("score", self.score, Path(ref["run_dir"]))
+        rows: dict[str, dict] = {}
+        variants = [("SCL-SLT", "trajectory", "2-selective", "3-translate")]
+        if c.compare_random:
+            variants.append(("CL-SLT", "random", "2-random", "3-translate-random"))
+        for label, selection, stage1_dir, stage2_dir in variants:
+            extra = [f"selection.pair_scores={scores['pair_scores']}"] if selection != "random" else []
+            s1 = self.step(
+                f"{stage1_dir}",
+                self.train,
+                stage1_dir,
+                [
+                    "stage=contrastive",
+                    f"selection={selection}",
+                    *extra,
+                    f"stage.epochs={c.contrastive_epochs}",
+                ],
+            )
+            s2 = self.step(
+                f"{stage2_dir}",
+                self.train,
+                stage2_dir,
+                [
+                    "stage=translate",
+                    f"stage.init_from={s1['run_dir']}",
+                    f"stage.epochs={c.translate_epochs}",
+                ],
+            )
+            rows[label] = self.step(f"test-{label}", self.test, Path(s2["run_dir"]))
+        return rows
+
+
+def results_table(rows: dict[str, dict]) -> str:
+    head = "| model | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L |\n|---|---|---|---|---|---|"
+    body = [
+        f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.2f}" for k in METRIC_KEYS) + " |"
+        for name, m in rows.items()
+    ]
+    return "\n".join([head, *body])
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg, overrides = split_arguments(sys.argv[1:] if argv is None else argv)
+    start = time.time()
+    pipeline = Pipeline(cfg, overrides)
+    rows = pipeline.run()
+    wall = time.time() - start
+    print("\nTest results (best-on-dev checkpoint):")
+    print(results_table(rows))
+    signature = next(iter(rows.values())).get("bleu_signature")
+    if signature:
+        print(f"BLEU signature: {signature}")
+    print(f"\nArtifacts under {pipeline.out.resolve()}:")
+    for name, result in pipeline.state.items():
+        if isinstance(result, dict) and "run_dir" in result:
+            print(f"  {name:<22} {result['run_dir']}")
+        elif name == "score":
+            print(f"  {'pair scores':<22} {result['pair_scores']}")
+    print(f"  {'step record':<22} {pipeline.state_path}")
+    print(f"Step times (s): {json.dumps(pipeline.timings)}; this invocation {wall:.0f} s")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
