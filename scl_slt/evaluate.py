@@ -9,8 +9,13 @@ checkpoint, translates the split (all ranks under torchrun, gathered and scored 
 training chooses the best checkpoint on dev, and the metrics JSON says so.
 
 Decoding settings default to the run's ``model.generation`` and can be overridden
-(``num_beams=``, ``max_length=``, ``length_penalty=``). The work itself lives in
-``scl_slt.evaluation``; this file only wires the run's pieces together.
+(``num_beams=``, ``max_length=``, ``length_penalty=``). A stage-1 checkpoint still holds the text
+branch: then video->text / text->video retrieval (R@1/5/10, median rank) on the split and, when
+its records carry gloss alignments, the Sign Density Ratio are reported too
+(``scl_slt.alignment_metrics``): printed, and written to ``metrics.json`` as its ``alignment``
+section (``evaluate_checkpoint`` returns them; ``evaluate`` returns the translation metrics
+alone). The work itself lives in ``scl_slt.evaluation``; this file only wires the run's pieces
+together.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .alignment_metrics import RETRIEVAL_KEYS, evaluate_alignment
 from .checkpoint import load_weights, resolve_checkpoint
 from .config import (
     ConfigError,
@@ -43,7 +49,7 @@ from .evaluation import (
     write_predictions,
 )
 from .metrics import LANGUAGES
-from .runtime import setup_runtime, teardown_runtime
+from .runtime import setup_runtime, shutdown_process_group
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +109,20 @@ def checkpoint_tag(checkpoint: str) -> str:
     return Path(checkpoint).expanduser().resolve().name
 
 
-def load_model(train_cfg: TrainConfig, run_dir: Path, checkpoint: str, device: Any):
+def load_model(
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    checkpoint: str,
+    device: Any,
+    keep_text_branch: bool = False,
+):
     """Tokenizer, model with the checkpoint's weights (on ``device``), and the checkpoint path.
 
     ``checkpoint`` is ``best`` / ``last`` of ``run_dir`` or a checkpoint directory. Translation
     needs neither the text encoder nor the similarity head, so they are dropped from the model
-    and from the weights (a stage-2 checkpoint has none; a stage-1 one has both); every other
-    key must match exactly, or ``HandOffError`` lists the missing and extra keys.
+    and from the weights (a stage-2 checkpoint has none; a stage-1 one has both), unless
+    ``keep_text_branch`` and the checkpoint holds them (retrieval needs them); every other key
+    must match exactly, or ``HandOffError`` lists the missing and extra keys.
     """
     # Imported here so that a bad setting fails before transformers is even imported.
     from .models.builder import build_model, load_submodules
@@ -123,64 +136,91 @@ def load_model(train_cfg: TrainConfig, run_dir: Path, checkpoint: str, device: A
     else:
         ckpt_dir = resolve_checkpoint(Path(checkpoint).expanduser())
     model = build_model(train_cfg.model, train_cfg.data, tokenizer)
-    load_submodules(model, load_weights(ckpt_dir), drop=TEXT_BRANCH)
+    weights = load_weights(ckpt_dir)
+    keep = keep_text_branch and has_text_branch(weights)
+    load_submodules(model, weights, drop=() if keep else TEXT_BRANCH)
     return tokenizer, model.to(device), Path(ckpt_dir)
 
 
+def has_text_branch(weights: dict[str, Any]) -> bool:
+    """Whether checkpoint weights hold the text encoder and the similarity head (stage 1)."""
+    from .models.slt import TEXT_BRANCH
+
+    prefixes = {key.split(".", 1)[0] for key in weights}
+    return all(name in prefixes for name in TEXT_BRANCH)
+
+
 def evaluate(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
-    """Run one evaluation; returns the metrics (same on every rank), files written by rank 0."""
+    """Run one evaluation; returns the translation metrics (same on every rank), files written
+    by rank 0."""
+    return evaluate_checkpoint(cfg)[0]
+
+
+def evaluate_checkpoint(
+    cfg: EvaluateConfig | DictConfig,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Run one evaluation: ``(translation metrics, alignment metrics)``, the same on every rank.
+
+    The alignment metrics (retrieval R@K and median rank, SDR when the split has gloss
+    alignments) are None for a checkpoint without the text branch (stage 2).
+    """
     cfg = validate_evaluate(cfg)
     run_dir = Path(cfg.run_dir).expanduser()
     train_cfg = load_run_config(run_dir)
     runtime = setup_runtime(cfg.device, cfg.precision)
-    try:
-        tokenizer, model, ckpt_dir = load_model(train_cfg, run_dir, cfg.checkpoint, runtime.device)
-        dataset = build_split(train_cfg.data, cfg.split, train=False)
-        num_workers = train_cfg.data.num_workers if cfg.num_workers is None else cfg.num_workers
-        loader = build_eval_loader(dataset, Collator(tokenizer), cfg.batch_size, num_workers)
-        generation = override_generation(
-            train_cfg.model.generation, cfg.num_beams, cfg.max_length, cfg.length_penalty
+    tokenizer, model, ckpt_dir = load_model(
+        train_cfg, run_dir, cfg.checkpoint, runtime.device, keep_text_branch=True
+    )
+    dataset = build_split(train_cfg.data, cfg.split, train=False)
+    num_workers = train_cfg.data.num_workers if cfg.num_workers is None else cfg.num_workers
+    loader = build_eval_loader(dataset, Collator(tokenizer), cfg.batch_size, num_workers)
+    generation = override_generation(
+        train_cfg.model.generation, cfg.num_beams, cfg.max_length, cfg.length_penalty
+    )
+    language = train_cfg.data.language
+    log.info(
+        "evaluating %s on %s (%d samples; %s), %s",
+        ckpt_dir,
+        cfg.split,
+        len(dataset),
+        SPLIT_PURPOSE[cfg.split],
+        generation,
+    )
+    metrics, rows = evaluate_split(
+        model,
+        loader,
+        tokenizer,
+        generation,
+        runtime.device,
+        language,
+        runtime.autocast,
+        progress=True,
+    )
+    alignment = None
+    if getattr(model, "similarity", None) is not None:  # a stage-1 checkpoint
+        sim = train_cfg.model.similarity
+        alignment = evaluate_alignment(
+            model, loader, sim.method, sim.tau, runtime.device, runtime.autocast
         )
-        language = train_cfg.data.language
-        log.info(
-            "evaluating %s on %s (%d samples; %s), %s",
-            ckpt_dir,
+    if runtime.is_main:
+        out_dir = (
+            Path(cfg.out_dir)
+            if cfg.out_dir
+            else (run_dir / "eval" / checkpoint_tag(cfg.checkpoint) / cfg.split)
+        )
+        meta = evaluation_meta(
             cfg.split,
-            len(dataset),
-            SPLIT_PURPOSE[cfg.split],
+            str(ckpt_dir),
             generation,
-        )
-        metrics, rows = evaluate_split(
-            model,
-            loader,
-            tokenizer,
-            generation,
-            runtime.device,
             language,
-            runtime.autocast,
-            progress=True,
+            checkpoint_requested=cfg.checkpoint,
+            run_dir=str(run_dir),
+            dataset=train_cfg.data.name,
+            evaluate_config=to_container(cfg),
         )
-        if runtime.is_main:
-            out_dir = (
-                Path(cfg.out_dir)
-                if cfg.out_dir
-                else (run_dir / "eval" / checkpoint_tag(cfg.checkpoint) / cfg.split)
-            )
-            meta = evaluation_meta(
-                cfg.split,
-                str(ckpt_dir),
-                generation,
-                language,
-                checkpoint_requested=cfg.checkpoint,
-                run_dir=str(run_dir),
-                dataset=train_cfg.data.name,
-                evaluate_config=to_container(cfg),
-            )
-            write_predictions(out_dir, rows, metrics, meta)
-            log.info("predictions and metrics in %s", out_dir)
-    finally:
-        teardown_runtime(runtime)
-    return metrics
+        write_predictions(out_dir, rows, metrics, meta, alignment)
+        log.info("predictions and metrics in %s", out_dir)
+    return metrics, alignment
 
 
 def evaluate_run(
@@ -197,11 +237,18 @@ register_configs()  # the schemas must be in the ConfigStore before hydra.main c
 
 @hydra.main(version_base=None, config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    metrics = evaluate(cfg)
+    try:  # the process group (torchrun) is left once, at exit, as by the training entry point
+        metrics, alignment = evaluate_checkpoint(cfg)
+    finally:
+        shutdown_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     print(f"BLEU signature: {metrics['bleu_signature']}")
+    if alignment is not None:
+        sdr = f"SDR {alignment['sdr']:.4f}" if "sdr" in alignment else "SDR n/a (no alignments)"
+        values = " ".join(f"{key}={alignment[key]:.2f}" for key in RETRIEVAL_KEYS)
+        print(f"retrieval: {values}; {sdr}")
 
 
 if __name__ == "__main__":

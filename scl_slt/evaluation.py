@@ -9,6 +9,11 @@ and by ``python -m scl_slt.evaluate`` (any checkpoint on any split). Two rules h
   (``DistributedSampler`` pads the last round with repeated samples, which are dropped by index),
   and the corpus metrics are computed once on the whole split. Corpus BLEU is not the mean of
   per-rank BLEU; the gathered result equals the single-process one.
+
+Samples that fail to load (``data.on_bad_sample=skip``) are dropped by the collate function; a
+batch of which none loaded arrives as None and is skipped (no collective runs per batch here,
+so ranks need not agree). The samples missing from the gathered rows are counted and logged,
+and the metrics cover the translated ones.
 """
 
 from __future__ import annotations
@@ -138,15 +143,19 @@ def translate_loader(
     Each row is ``{index, name, hypothesis, reference}``; ``reference`` is the batch's raw text.
     ``autocast`` is a factory of the precision context (the caller decides precision). The model
     is put in eval mode for the pass and back in its previous mode afterwards. ``progress``
-    shows a progress bar on rank 0.
+    shows a progress bar on rank 0. None batches (no sample loaded) are skipped and counted.
     """
     net = model.module if isinstance(model, DistributedDataParallel) else model
     was_training = net.training
     net.eval()
     rows: list[dict[str, Any]] = []
+    skipped_batches = 0
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc="translate", disable=not progress or get_rank() != 0):
+                if batch is None:  # every sample of the batch failed to load (skip mode)
+                    skipped_batches += 1
+                    continue
                 inputs = batch["inputs"].to(device, non_blocking=True)  # (B, T, ...)
                 input_lengths = batch["input_lengths"].to(device)  # (B,)
                 with autocast():
@@ -178,7 +187,14 @@ def translate_loader(
     gathered = gather_rows(rows)
     expected = len(loader.dataset) if hasattr(loader, "dataset") else None
     if expected is not None and len(gathered) != expected:
-        log.warning("translated %d of the split's %d samples", len(gathered), expected)
+        log.warning(
+            "translated %d of the split's %d samples: %d failed to load and are left out of "
+            "the scores (%d batch(es) on this rank had no loadable sample)",
+            len(gathered),
+            expected,
+            expected - len(gathered),
+            skipped_batches,
+        )
     return gathered
 
 
@@ -250,11 +266,14 @@ def write_predictions(
     rows: list[dict[str, Any]],
     metrics: dict[str, Any],
     meta: dict[str, Any],
+    alignment: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``predictions.tsv``, ``hypotheses.txt``, ``references.txt`` and ``metrics.json``.
 
     Each file is written to a temporary name and renamed, ``metrics.json`` last, so a present
-    ``metrics.json`` means the other three are complete. Call it on one rank (rank 0).
+    ``metrics.json`` means the other three are complete. ``alignment`` (retrieval and SDR of a
+    checkpoint with a text branch, ``alignment_metrics.py``) goes into ``metrics.json`` as its
+    own section. Call it on one rank (rank 0).
     """
     _check_rows(rows)
     out = Path(out_dir)
@@ -271,6 +290,8 @@ def write_predictions(
         "num_samples": len(rows),
         "meta": meta,
     }
+    if alignment is not None:
+        record["alignment"] = alignment
     _atomic_write_text(
         out / "metrics.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     )

@@ -256,6 +256,12 @@ def _encode(
     encoded: dict[int, tuple[str, str, np.ndarray, np.ndarray]] = {}
     with torch.no_grad():
         for batch in loader:
+            if batch is None:
+                raise SnapshotError(
+                    "a snapshot batch had no loadable sample (data.on_bad_sample=skip dropped "
+                    "them), but a snapshot needs every train sample: read the split with "
+                    "on_bad_sample=error to stop at the first bad one, named with its path"
+                )
             with autocast():
                 out = model(
                     batch["inputs"].to(device),

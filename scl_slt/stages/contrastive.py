@@ -5,9 +5,25 @@
          + signcl_weight * SignCL(sign_features)                   # optional
 
 The batches come from the selection sampler: shuffled (``selection=random``, the CL baseline and
-the reference run) or the pair-selection curriculum (``selection=trajectory``, SCL). A reference
-run sets ``tracker.enabled=true`` and stores snapshots of the projected features of the whole
-train split before the first update and every ``tracker.interval`` epochs.
+the reference run) or the pair-selection curriculum fed by one of the pair scores: a reference
+run's trajectories (``selection=trajectory``, SCL), target-sentence similarity
+(``text_semantic``), a reference snapshot's visual confusability (``visual_confusable``), or
+trajectories recorded by this run itself (``online_trajectory``: after every optimizer step the
+B x B similarity of each global batch of the step's accumulation window, computed without
+gradient from the gathered projections of the loss's forward, goes into
+``OnlineTrajectory.update`` on every rank; a step skipped as non-finite records nothing; the
+state is part of the sampler's checkpoint, so resuming is exact).
+
+A reference run sets ``tracker.enabled=true`` and stores snapshots of the projected features of
+the whole train split before the first update and every ``tracker.interval`` epochs. Snapshots
+need every train sample, so the tracker reads the split with ``data.on_bad_sample=error`` whatever
+the training loader does: a sample that cannot be read stops the run, naming it and its path.
+
+Every ``stage.retrieval_every`` epochs (default: with each dev evaluation) the dev split's
+video->text / text->video retrieval (R@1/5/10, median rank) and, when the records carry gloss
+alignments, the Sign Density Ratio go into the ``dev`` record of ``metrics.jsonl``
+(``alignment_metrics.py``). Batches that failed to load (``data.on_bad_sample=skip``) follow the
+rule of ``windows.py``.
 
 The loop below reads top to bottom; the pieces it shares with stage 2 (checkpoints, the guarded
 optimizer step, the run directory) live in the library.
@@ -16,12 +32,14 @@ optimizer step, the run directory) live in the library.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -29,18 +47,21 @@ from tqdm import tqdm
 
 from .. import distributed as dist_utils
 from .. import losses
+from ..alignment_metrics import evaluate_alignment
 from ..checkpoint import (
     CheckpointManager,
     LoopState,
     save_resumable,
 )
-from ..config import TrainConfig, validate_train
+from ..config import BadSample, SelectionName, TrainConfig, validate_train
 from ..data.dataset import Collator
 from ..data.datasets import build_split
 from ..data.frames import worker_init_fn
 from ..evaluation import build_eval_loader, evaluate_split
 from ..models import builder
-from ..optim import GuardedStep, build_optimizer, build_scheduler, schedule_steps
+from ..models.similarity import pairwise_similarity
+from ..models.slt import ModelOutput
+from ..optim import GuardedStep, StepOutcome, build_optimizer, build_scheduler, schedule_steps
 from ..run_dir import LossMeter, RunContext, open_run, run_tokenizer
 from ..runtime import (
     Runtime,
@@ -52,8 +73,10 @@ from ..runtime import (
     unwrap,
     wrap_for_training,
 )
+from ..selection.online import OnlineTrajectory
 from ..selection.sampler import build_batch_sampler
 from ..selection.tracker import SnapshotTracker, fingerprint_of, snapshots_dir
+from .windows import BadBatchRule, complete_window
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +150,97 @@ def compute_losses(
     return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
 
+class ForwardTap:
+    """Holds the output of the model's forward inside ``capture()`` (a forward hook), so the
+    loop can read the projections of the loss's forward without changing ``compute_losses``."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+        self.out: ModelOutput | None = None
+
+    @contextlib.contextmanager
+    def capture(self):
+        def keep(module, args, output) -> None:
+            self.out = output
+
+        handle = self.net.register_forward_hook(keep)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def take(self) -> ModelOutput:
+        out, self.out = self.out, None
+        if out is None:
+            raise RuntimeError("ForwardTap: no forward ran inside capture()")
+        return out
+
+
+def global_batch_similarity(
+    out: ModelOutput, indices: torch.Tensor, cfg: TrainConfig, runtime: Runtime
+) -> tuple[np.ndarray, np.ndarray]:
+    """The global batch's dataset indices (B,) in rank order and its (B, B) similarity
+    ``s(video a, text b)`` (``pairwise_similarity``, before the logit scale, no gradient).
+
+    Each rank scores its own videos against the gathered texts and the rows are gathered, so
+    every rank holds the very same matrix (no rank recomputes another's rows).
+    """
+    sim_cfg = cfg.model.similarity
+    with torch.no_grad():
+        texts, _ = dist_utils.all_gather_padded(out.text_proj.detach().float())  # (B, Lt, d)
+        text_mask, _ = dist_utils.all_gather_padded(out.text_proj_mask)  # (B, Lt)
+        rows = pairwise_similarity(
+            out.video_proj.detach().float(),  # (B_r, Tv, d)
+            out.video_proj_mask,
+            texts,
+            text_mask,
+            sim_cfg.method,
+            sim_cfg.tau,
+        )  # (B_r, B)
+        sim, _ = dist_utils.all_gather_padded(rows)  # (B, B)
+        gathered, _ = dist_utils.all_gather_padded(indices.to(runtime.device)[:, None])  # (B, 1)
+    return gathered[:, 0].cpu().numpy(), sim.cpu().numpy()
+
+
+def _check_global_batch(found: np.ndarray, planned: list[int], step: int) -> None:
+    """The gathered indices are the sampler's global batch (less samples that failed to load)."""
+    ok = found.tolist() == planned if len(found) == len(planned) else set(found) <= set(planned)
+    if not ok:
+        raise RuntimeError(
+            f"step {step}: the gathered batch {found.tolist()[:8]}... is not the sampler's "
+            f"global batch {planned[:8]}...: ranks are out of step"
+        )
+
+
 def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRequest) -> dict:
     s = cfg.stage
     run_dir = run_ctx.path
     rank, world = runtime.rank, runtime.world_size
 
     # ---- data and tokenizer (the synthetic data is generated on first use, under a file lock)
+    align_every = s.eval_every if s.retrieval_every is None else s.retrieval_every
     train_set = build_split(cfg.data, "train")
-    dev_set = build_split(cfg.data, "dev") if s.eval_every > 0 else None
+    needs_dev = s.eval_every > 0 or align_every > 0
+    dev_set = build_split(cfg.data, "dev") if needs_dev else None
     tokenizer = run_tokenizer(cfg, run_dir, train_set.texts)
     collate = Collator(tokenizer)
+    trajectory = None
+    if cfg.selection.name is SelectionName.online_trajectory:
+        trajectory = OnlineTrajectory.from_config(cfg.selection, len(train_set))
     sampler = build_batch_sampler(
-        cfg.selection, len(train_set), s.batch_size, s.epochs, cfg.seed, rank, world, s.drop_last
+        cfg.selection,
+        len(train_set),
+        s.batch_size,
+        s.epochs,
+        cfg.seed,
+        rank,
+        world,
+        s.drop_last,
+        texts=train_set.texts,
+        names=train_set.names,
+        language=cfg.data.language,
+        run_dir=run_dir,
+        trajectory=trajectory,
     )
 
     def train_loader(epoch: int) -> DataLoader:
@@ -176,7 +278,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
             s.epochs,
             fingerprint_of(run_ctx.config, train_set.names),
         )
-        tracker_set = build_split(cfg.data, "train", train=False)  # dataset order, no augmentation
+        # Dataset order, no augmentation, and every sample: error mode whatever training does.
+        tracker_data = dataclasses.replace(cfg.data, on_bad_sample=BadSample.error)
+        tracker_set = build_split(tracker_data, "train", train=False)
         tracker_loader = DataLoader(
             tracker_set, batch_size=s.eval_batch_size, shuffle=False, collate_fn=collate
         )
@@ -207,30 +311,56 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         state = loop.state_dict(pos, run_ctx.config, world)
         return save_resumable(manager, step, net, state, {"stage": s.name.value, **pos})
 
-    def evaluate(epoch: int, step: int) -> dict[str, Any]:
-        metrics, _ = evaluate_split(
-            net,
-            dev_loader,
-            tokenizer,
-            cfg.model.generation,
-            runtime.device,
-            cfg.data.language,
-            runtime.autocast,
-        )
+    def due(every: int, epoch: int) -> bool:
+        return every > 0 and (epoch % every == 0 or epoch == s.epochs)
+
+    def evaluate(epoch: int, step: int, translate: bool, align: bool) -> dict[str, Any]:
+        """Dev translation (BLEU, picks the best checkpoint) and/or alignment metrics, logged
+        as one ``dev`` record."""
+        metrics: dict[str, Any] = {}
+        covered = 0
+        if translate:
+            metrics, rows = evaluate_split(
+                net,
+                dev_loader,
+                tokenizer,
+                cfg.model.generation,
+                runtime.device,
+                cfg.data.language,
+                runtime.autocast,
+            )
+            covered = len(rows)
+            log.info(
+                "epoch %d dev: BLEU-4 %.2f ROUGE-L %.2f",
+                epoch,
+                metrics["bleu4"],
+                metrics.get("rouge_l", float("nan")),
+            )
+            entry = {
+                "epoch": epoch,
+                "step": step,
+                "bleu4": metrics["bleu4"],
+                "rouge_l": metrics.get("rouge_l", 0.0),
+            }
+            manager.consider_best(entry, net)
+        if align:
+            sim = cfg.model.similarity
+            found = evaluate_alignment(
+                net, dev_loader, sim.method, sim.tau, runtime.device, runtime.autocast
+            )
+            metrics = {**metrics, **found}
+            covered = max(covered, found["retrieval_samples"])
+            log.info(
+                "epoch %d dev retrieval: v2t R@1 %.1f R@5 %.1f medR %.1f, t2v R@1 %.1f, SDR %s",
+                epoch,
+                found["v2t_r1"],
+                found["v2t_r5"],
+                found["v2t_medr"],
+                found["t2v_r1"],
+                f"{found['sdr']:.4f}" if "sdr" in found else "n/a",
+            )
+        metrics["skipped_samples"] = len(dev_set) - covered
         run_ctx.metrics.log("dev", step, {"epoch": epoch, **metrics})
-        log.info(
-            "epoch %d dev: BLEU-4 %.2f ROUGE-L %.2f",
-            epoch,
-            metrics["bleu4"],
-            metrics.get("rouge_l", float("nan")),
-        )
-        entry = {
-            "epoch": epoch,
-            "step": step,
-            "bleu4": metrics["bleu4"],
-            "rouge_l": metrics.get("rouge_l", 0.0),
-        }
-        manager.consider_best(entry, net)
         return metrics
 
     # ---- the loop
@@ -238,6 +368,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
     start_batch = position["batch_in_epoch"]
     n_batches, accum = len(sampler), s.grad_accum
     meter = LossMeter(runtime.device)
+    bad_batches = BadBatchRule(cfg.data.on_bad_sample, runtime)
+    tap = ForwardTap(net)
+    trained_params = [p for p in net.parameters() if p.requires_grad]
     dev_metrics: dict[str, Any] = {}
     last_ckpt: Path | None = run_ctx.resume_from
     finished_early = False
@@ -261,27 +394,50 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
             leave=False,
         )
         window_terms: list[dict[str, torch.Tensor]] = []
+        observed: list[tuple[np.ndarray, np.ndarray]] = []  # online_trajectory, this window
+        skipped_batches, last_synced = 0, False
         for batch_idx, batch in enumerate(train_loader(epoch), start=start_batch):
             window_start = batch_idx - batch_idx % accum
             window_size = min(accum, n_batches - window_start)
             last_in_window = batch_idx == window_start + window_size - 1
-            sync = model.no_sync() if runtime.distributed and not last_in_window else None
-            with sync if sync is not None else contextlib.nullcontext():
-                loss, terms = compute_losses(model, batch, cfg, runtime)
-                guard.observe(loss, batch["names"], batch["inputs"])
-                (loss / window_size).backward()  # NaN too: keeps DDP's all-reduce in step
-            window_terms.append(terms)
-            epoch_samples += len(batch["names"])
+            if bad_batches.skip(batch):  # on every rank together (windows.py)
+                skipped_batches += 1
+            else:
+                no_sync = runtime.distributed and not last_in_window
+                sync = model.no_sync() if no_sync else contextlib.nullcontext()
+                with sync, tap.capture():
+                    loss, terms = compute_losses(model, batch, cfg, runtime)
+                    guard.observe(loss, batch["names"], batch["inputs"])
+                    (loss / window_size).backward()  # NaN too: keeps DDP's all-reduce in step
+                out = tap.take()
+                if trajectory is not None:
+                    found = global_batch_similarity(out, batch["indices"], cfg, runtime)
+                    planned = sampler.global_batches(epoch)[batch_idx]
+                    _check_global_batch(found[0], planned, step)
+                    observed.append(found)
+                del out
+                window_terms.append(terms)
+                last_synced = last_in_window
+                epoch_samples += len(batch["names"])
             bar.update(1)
             if not last_in_window:
                 continue
 
-            outcome = guard.finish(step, stop.requested)
+            if window_terms:
+                complete_window(
+                    trained_params, len(window_terms), window_size, last_synced, runtime
+                )
+                outcome = guard.finish(step, stop.requested)
+            else:  # every micro-batch of the window was skipped: no update
+                stop_requested = dist_utils.any_rank(stop.requested, runtime.device)
+                outcome = StepOutcome(False, float("nan"), stop_requested)
             step += 1
             if outcome.stepped:  # a skipped step's NaNs stay out of the logged means
                 for terms in window_terms:
                     meter.add(terms)
-            window_terms = []
+                for indices, similarity in observed:  # recorded before any checkpoint
+                    trajectory.update(indices, similarity)
+            window_terms, observed = [], []
             if step % s.log_every == 0 and meter.count > 0:  # same on every rank
                 values = meter.means()
                 values |= {
@@ -308,26 +464,38 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         epoch += 1
         start_batch = 0
         seconds = time.time() - epoch_start
-        samples = float(epoch_samples)
-        samples = dist_utils.all_reduce_sum(torch.tensor([samples], device=runtime.device)).item()
+        counts = torch.tensor(
+            [float(epoch_samples), float(train_set.reset_bad_sample_count())],
+            device=runtime.device,
+        )
+        samples, bad_samples = dist_utils.all_reduce_sum(counts).tolist()
         summary = {
             "epoch": epoch,
             "wall_s": round(seconds, 2),
             "samples_per_s": round(samples / max(seconds, 1e-9), 2),
             "nonfinite_skipped": guard.skipped_total,
+            "bad_samples": int(bad_samples),
+            "skipped_batches": skipped_batches,
         }
         run_ctx.metrics.log("train_epoch", step, summary)
         log.info(
-            "epoch %d/%d: %.1fs, %.1f samples/s", epoch, s.epochs, seconds, summary["samples_per_s"]
+            "epoch %d/%d: %.1fs, %.1f samples/s, %d bad sample(s) skipped (%d whole batches)",
+            epoch,
+            s.epochs,
+            seconds,
+            summary["samples_per_s"],
+            summary["bad_samples"],
+            skipped_batches,
         )
-        if dev_loader is not None and (epoch % s.eval_every == 0 or epoch == s.epochs):
-            dev_metrics = evaluate(epoch, step)
+        translate_now, align_now = due(s.eval_every, epoch), due(align_every, epoch)
+        if translate_now or align_now:
+            dev_metrics = evaluate(epoch, step, translate_now, align_now)
         if tracker is not None and tracker.due(epoch):
             tracker.snapshot(net, tracker_loader, epoch, runtime.device, runtime.autocast)
         last_ckpt = checkpoint(epoch, 0, step)
 
     if finished_early and dev_loader is not None:
-        dev_metrics = evaluate(epoch, step)
+        dev_metrics = evaluate(epoch, step, s.eval_every > 0, align_every > 0)
     if s.average_best:
         manager.average_best()
     best = manager.best_path()

@@ -7,7 +7,9 @@ With ``stage.init_from`` (a stage-1 run directory, whose best-on-dev checkpoint 
 last one; or a checkpoint directory) the sign embedding, visual encoder and decoder start from
 stage 1, loaded by submodule name; the text encoder and the similarity head are dropped on
 purpose, and the stage-1 run's tokenizer is reused. Without it, this is the end-to-end baseline.
-Batches are shuffled (``selection=random``).
+Batches are shuffled (``selection=random``). Batches that failed to load
+(``data.on_bad_sample=skip``) follow the rule of ``windows.py``; the per-epoch count of skipped
+samples is in the ``train_epoch`` record.
 
 The loop below reads top to bottom; the pieces it shares with stage 1 (checkpoints, the guarded
 optimizer step, the run directory) live in the library.
@@ -43,7 +45,7 @@ from ..data.datasets import build_split
 from ..data.frames import worker_init_fn
 from ..evaluation import build_eval_loader, evaluate_split
 from ..models import builder
-from ..optim import GuardedStep, build_optimizer, build_scheduler, schedule_steps
+from ..optim import GuardedStep, StepOutcome, build_optimizer, build_scheduler, schedule_steps
 from ..run_dir import TOKENIZER_DIR, LossMeter, RunContext, open_run, run_tokenizer
 from ..runtime import (
     Runtime,
@@ -56,6 +58,7 @@ from ..runtime import (
     wrap_for_training,
 )
 from ..selection.sampler import build_batch_sampler
+from .windows import BadBatchRule, complete_window
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +194,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         return save_resumable(manager, step, net, state, {"stage": s.name.value, **pos})
 
     def evaluate(epoch: int, step: int) -> dict[str, Any]:
-        metrics, _ = evaluate_split(
+        metrics, rows = evaluate_split(
             net,
             dev_loader,
             tokenizer,
@@ -200,6 +203,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
             cfg.data.language,
             runtime.autocast,
         )
+        metrics["skipped_samples"] = len(dev_set) - len(rows)  # failed to load (skip mode)
         run_ctx.metrics.log("dev", step, {"epoch": epoch, **metrics})
         log.info(
             "epoch %d dev: BLEU-4 %.2f ROUGE-L %.2f",
@@ -221,6 +225,8 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
     start_batch = position["batch_in_epoch"]
     n_batches, accum = len(sampler), s.grad_accum
     meter = LossMeter(runtime.device)
+    bad_batches = BadBatchRule(cfg.data.on_bad_sample, runtime)
+    trained_params = [p for p in net.parameters() if p.requires_grad]
     dev_metrics: dict[str, Any] = {}
     last_ckpt: Path | None = run_ctx.resume_from
     finished_early = False
@@ -244,22 +250,34 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
             leave=False,
         )
         window_terms: list[dict[str, torch.Tensor]] = []
+        skipped_batches, last_synced = 0, False
         for batch_idx, batch in enumerate(train_loader(epoch), start=start_batch):
             window_start = batch_idx - batch_idx % accum
             window_size = min(accum, n_batches - window_start)
             last_in_window = batch_idx == window_start + window_size - 1
-            sync = model.no_sync() if runtime.distributed and not last_in_window else None
-            with sync if sync is not None else contextlib.nullcontext():
-                loss, terms = compute_losses(model, batch, cfg, runtime)
-                guard.observe(loss, batch["names"], batch["inputs"])
-                (loss / window_size).backward()  # NaN too: keeps DDP's all-reduce in step
-            window_terms.append(terms)
-            epoch_samples += len(batch["names"])
+            if bad_batches.skip(batch):  # on every rank together (windows.py)
+                skipped_batches += 1
+            else:
+                no_sync = runtime.distributed and not last_in_window
+                with model.no_sync() if no_sync else contextlib.nullcontext():
+                    loss, terms = compute_losses(model, batch, cfg, runtime)
+                    guard.observe(loss, batch["names"], batch["inputs"])
+                    (loss / window_size).backward()  # NaN too: keeps DDP's all-reduce in step
+                window_terms.append(terms)
+                last_synced = last_in_window
+                epoch_samples += len(batch["names"])
             bar.update(1)
             if not last_in_window:
                 continue
 
-            outcome = guard.finish(step, stop.requested)
+            if window_terms:
+                complete_window(
+                    trained_params, len(window_terms), window_size, last_synced, runtime
+                )
+                outcome = guard.finish(step, stop.requested)
+            else:  # every micro-batch of the window was skipped: no update
+                stop_requested = dist_utils.any_rank(stop.requested, runtime.device)
+                outcome = StepOutcome(False, float("nan"), stop_requested)
             step += 1
             if outcome.stepped:  # a skipped step's NaNs stay out of the logged means
                 for terms in window_terms:
@@ -291,17 +309,28 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         epoch += 1
         start_batch = 0
         seconds = time.time() - epoch_start
-        samples = float(epoch_samples)
-        samples = dist_utils.all_reduce_sum(torch.tensor([samples], device=runtime.device)).item()
+        counts = torch.tensor(
+            [float(epoch_samples), float(train_set.reset_bad_sample_count())],
+            device=runtime.device,
+        )
+        samples, bad_samples = dist_utils.all_reduce_sum(counts).tolist()
         summary = {
             "epoch": epoch,
             "wall_s": round(seconds, 2),
             "samples_per_s": round(samples / max(seconds, 1e-9), 2),
             "nonfinite_skipped": guard.skipped_total,
+            "bad_samples": int(bad_samples),
+            "skipped_batches": skipped_batches,
         }
         run_ctx.metrics.log("train_epoch", step, summary)
         log.info(
-            "epoch %d/%d: %.1fs, %.1f samples/s", epoch, s.epochs, seconds, summary["samples_per_s"]
+            "epoch %d/%d: %.1fs, %.1f samples/s, %d bad sample(s) skipped (%d whole batches)",
+            epoch,
+            s.epochs,
+            seconds,
+            summary["samples_per_s"],
+            summary["bad_samples"],
+            skipped_batches,
         )
         if dev_loader is not None and (epoch % s.eval_every == 0 or epoch == s.epochs):
             dev_metrics = evaluate(epoch, step)
