@@ -195,6 +195,31 @@ def load_pair_scores(path: str | os.PathLike | None, num_samples: int | None = N
     return scores
 
 
+def curriculum_settings(
+    epochs: int, schedule: Schedule | str, pool_size: int | None
+) -> tuple[int, Schedule, int | None]:
+    """Checked ``(epochs, schedule, pool_size)`` of a curriculum sampler (either pair score)."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    if pool_size is not None and pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1 or None, got {pool_size}")
+    return int(epochs), Schedule(schedule), None if pool_size is None else int(pool_size)
+
+
+def epoch_alpha(schedule: Schedule, epoch: int, epochs: int) -> float:
+    """α of a 0-based epoch of ``epochs``: ``schedule((epoch + 1) / epochs)``."""
+    if not 0 <= epoch < epochs:
+        raise ValueError(
+            f"epoch {epoch} outside the curriculum's 0..{epochs - 1} (epochs={epochs})"
+        )
+    return schedule_alpha(schedule, (epoch + 1) / epochs)
+
+
+def settings_identity(epochs: int, schedule: Schedule, pool_size: int | None) -> dict[str, Any]:
+    """The curriculum settings a sampler's checkpoint must match to resume."""
+    return {"epochs": epochs, "schedule": schedule.value, "pool_size": pool_size}
+
+
 class CurriculumBatchSampler(GlobalBatchSampler):
     """Curriculum batches from a reference run's pair scores (``selection=trajectory``).
 
@@ -220,29 +245,19 @@ class CurriculumBatchSampler(GlobalBatchSampler):
         where = str(getattr(pair_scores, "filename", None) or "(in memory)")
         check_pair_scores(pair_scores, where)
         super().__init__(pair_scores.shape[0], batch_size, seed, rank, world_size, drop_last)
-        if epochs < 1:
-            raise ValueError(f"epochs must be positive, got {epochs}")
-        if pool_size is not None and pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1 or None, got {pool_size}")
+        self.epochs, self.schedule, self.pool_size = curriculum_settings(
+            epochs, schedule, pool_size
+        )
         self.pair_scores = pair_scores
-        self.epochs = int(epochs)
-        self.schedule = Schedule(schedule)
-        self.pool_size = None if pool_size is None else int(pool_size)
 
     def alpha(self, epoch: int) -> float:
         """α of a 0-based epoch: ``schedule((epoch + 1) / epochs)``."""
-        if not 0 <= epoch < self.epochs:
-            raise ValueError(
-                f"epoch {epoch} outside the curriculum's 0..{self.epochs - 1} (epochs={self.epochs})"
-            )
-        return schedule_alpha(self.schedule, (epoch + 1) / self.epochs)
+        return epoch_alpha(self.schedule, epoch, self.epochs)
 
     def _identity(self) -> dict[str, Any]:
         return {
             **super()._identity(),
-            "epochs": self.epochs,
-            "schedule": self.schedule.value,
-            "pool_size": self.pool_size,
+            **settings_identity(self.epochs, self.schedule, self.pool_size),
         }
 
     def _build_epoch(self, epoch: int) -> list[list[int]]:

@@ -49,7 +49,12 @@ from typing import Any
 import numpy as np
 
 from ..config import Schedule, SelectionConfig
-from .curriculum import build_curriculum_batches, schedule_alpha
+from .curriculum import (
+    build_curriculum_batches,
+    curriculum_settings,
+    epoch_alpha,
+    settings_identity,
+)
 from .sampler import GlobalBatchSampler, epoch_generator
 
 log = logging.getLogger(__name__)
@@ -191,28 +196,18 @@ class OnlineCurriculumSampler(GlobalBatchSampler):
         pool_size: int | None = None,
     ):
         super().__init__(trajectory.num_samples, batch_size, seed, rank, world_size, drop_last)
-        if epochs < 1:
-            raise ValueError(f"epochs must be positive, got {epochs}")
-        if pool_size is not None and pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1 or None, got {pool_size}")
+        self.epochs, self.schedule, self.pool_size = curriculum_settings(
+            epochs, schedule, pool_size
+        )
         self.trajectory = trajectory
-        self.epochs = int(epochs)
-        self.schedule = Schedule(schedule)
-        self.pool_size = None if pool_size is None else int(pool_size)
 
     def alpha(self, epoch: int) -> float:
-        if not 0 <= epoch < self.epochs:
-            raise ValueError(
-                f"epoch {epoch} outside the curriculum's 0..{self.epochs - 1} (epochs={self.epochs})"
-            )
-        return schedule_alpha(self.schedule, (epoch + 1) / self.epochs)
+        return epoch_alpha(self.schedule, epoch, self.epochs)
 
     def _identity(self) -> dict[str, Any]:
         return {
             **super()._identity(),
-            "epochs": self.epochs,
-            "schedule": self.schedule.value,
-            "pool_size": self.pool_size,
+            **settings_identity(self.epochs, self.schedule, self.pool_size),
             "decay": self.trajectory.decay,
         }
 

@@ -32,7 +32,19 @@ import torch
 
 from .. import distributed as dist_utils
 from ..config import BadSample
+from ..optim import GuardedStep, StepOutcome
 from ..runtime import Runtime
+
+
+def window_of(batch_idx: int, accum: int, n_batches: int) -> tuple[int, bool]:
+    """(size of the accumulation window holding ``batch_idx``, whether it is its last batch).
+
+    Windows span ``accum`` batch positions from the epoch's start; the epoch's last window may be
+    shorter.
+    """
+    window_start = batch_idx - batch_idx % accum
+    window_size = min(accum, n_batches - window_start)
+    return window_size, batch_idx == window_start + window_size - 1
 
 
 class BadBatchRule:
@@ -77,3 +89,22 @@ def complete_window(
     if trained < window_size:
         for grad in grads:
             grad.mul_(window_size / trained)
+
+
+def finish_window(
+    guard: GuardedStep,
+    params: Sequence[torch.nn.Parameter],
+    trained: int,
+    window_size: int,
+    last_synced: bool,
+    step: int,
+    stop_requested: bool,
+    runtime: Runtime,
+) -> StepOutcome:
+    """End an accumulation window: the guarded optimizer step over its ``trained`` micro-batches,
+    or, when every micro-batch was skipped, no update but the ranks still agree on stopping."""
+    if trained == 0:
+        stop_anywhere = dist_utils.any_rank(stop_requested, runtime.device)
+        return StepOutcome(False, float("nan"), stop_anywhere)
+    complete_window(params, trained, window_size, last_synced, runtime)
+    return guard.finish(step, stop_requested)
