@@ -196,7 +196,7 @@ class SelectionConfig:
     # text_semantic: scores from target-sentence similarity (scl_slt/selection/strategies.py)
     text_method: TextScoreMethod = TextScoreMethod.tfidf
     text_model_path: Optional[str] = None  # local sentence-embedding model dir (embedding)
-    # visual_confusable: a reference run's snapshot folder (epoch-XXXX, or snapshots/ = latest)
+    # visual_confusable: a reference run's snapshot folder (epoch-NNNN, or snapshots/ = latest)
     snapshot: Optional[str] = None
     # online_trajectory: per-pair EMA of in-batch similarity (scl_slt/selection/online.py)
     online_decay: float = 0.5  # weight of the previous average at each new observation
@@ -443,7 +443,7 @@ def _validate_selection(cfg: TrainConfig) -> None:
         _check(
             bool(sel.snapshot),
             "selection.snapshot",
-            "selection=visual_confusable needs a reference run's snapshot folder (epoch-XXXX, "
+            "selection=visual_confusable needs a reference run's snapshot folder (epoch-NNNN, "
             "its snapshots/ folder or the run folder)",
         )
         _check_path(sel.snapshot, "selection.snapshot")

@@ -164,7 +164,9 @@ class Pipeline:
         if c.compare_random:
             variants.append(("CL-SLT", "random", "2-random", "3-translate-random"))
         for label, selection, stage1_dir, stage2_dir in variants:
-            extra = [f"selection.pair_scores={scores['pair_scores']}"] if selection != "random" else []
+            extra = (
+                [f"selection.pair_scores={scores['pair_scores']}"] if selection != "random" else []
+            )
             s1 = self.step(
                 f"{stage1_dir}",
                 self.train,

@@ -8,7 +8,7 @@ Steps (method §4.2-4.3):
 2. each snapshot's N x N similarity ``S^k`` is computed with ``score_all_pairs`` (the function the
    loss uses, at the run's similarity method and tau read from ``<run_dir>/config.yaml``; without
    that file or key the defaults of ``SimilarityConfig`` apply: cico, tau 0.07) into
-   ``scores/S-epoch-XXXX.npy`` (fp16), completed by ``S-epoch-XXXX.json``; a finished one is
+   ``scores/S-epoch-NNNN.npy`` (fp16), completed by ``S-epoch-NNNN.json``; a finished one is
    reused, so an interrupted scoring resumes where it stopped;
 3. ``pair_scores.npy`` (N x N fp16, ``delta[i, j]`` for video i and text j, dataset order,
    memory-mappable) and ``pair_scores.json`` (names hash, N, snapshots, method, threshold);

@@ -3,7 +3,6 @@ confusable twins, translation, loading through build_split, and the atomic cache
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import threading
@@ -235,8 +234,6 @@ def test_frames_are_rendered_beside_the_features(tmp_path):
         images = np.stack([np.asarray(Image.open(f)) for f in files])
         assert images.shape == (rec["length"], 16, 16, 3) and images.dtype == np.uint8
         assert np.abs(np.diff(images.astype(int), axis=0)).mean() > 1  # the hands move
-    if importlib.util.find_spec("scl_slt.data.frames") is None:
-        pytest.skip("scl_slt/data/frames.py (frame sources) does not exist yet")
     data = DataConfig(modality=Modality.frames, resize=18, crop=16, augment=False, synthetic=cfg)
     sample = build_split(data, "dev")[0]
     length = read_labels(root / "labels.dev")[sample["name"]]["length"]

@@ -309,7 +309,7 @@ def resolve_snapshot(path: str | os.PathLike) -> Path:
             if found:
                 return max(found, key=lambda p: int(p.name.split("-", 1)[1]))
     raise FileNotFoundError(
-        f"selection.snapshot: no complete snapshot at {path} (give an epoch-XXXX snapshot "
+        f"selection.snapshot: no complete snapshot at {path} (give an epoch-NNNN snapshot "
         "folder, a run's snapshots/ folder or the run folder)"
     )
 
@@ -401,7 +401,7 @@ def prepare_strategy_scores(
         if not cfg.snapshot:
             raise ConfigError(
                 "selection.snapshot: selection.name=visual_confusable needs a reference run's "
-                "snapshot folder (epoch-XXXX, its snapshots/ folder or the run folder)"
+                "snapshot folder (epoch-NNNN, its snapshots/ folder or the run folder)"
             )
         snapshot = read_snapshot(resolve_snapshot(cfg.snapshot))
         if snapshot.num_samples != num_samples or (

@@ -5,7 +5,7 @@ final epoch, the projected and L2-normalised visual and text token features of e
 sample. The trajectory scorer (``python -m scl_slt.score``) turns each snapshot into an N x N
 similarity matrix with the same function the loss uses, so no model has to be reloaded.
 
-On-disk format, one folder per snapshot ``<run_dir>/snapshots/epoch-XXXX/``::
+On-disk format, one folder per snapshot ``<run_dir>/snapshots/epoch-NNNN/``::
 
     video_features.npy   (sum Tv_i, d) float16   valid visual tokens of all samples, packed
     video_lengths.npy    (N,) int64              Tv_i, in dataset order
@@ -15,7 +15,7 @@ On-disk format, one folder per snapshot ``<run_dir>/snapshots/epoch-XXXX/``::
     meta.json            epoch, fingerprint, N, d, token counts, bytes, created time
     COMPLETE             written last; a folder without it is not a snapshot
 
-A snapshot is written into ``snapshots/.tmp-epoch-XXXX-<pid>/`` (each file fsynced, the marker
+A snapshot is written into ``snapshots/.tmp-epoch-NNNN-<pid>/`` (each file fsynced, the marker
 last), then renamed into place, so a crash never leaves a half snapshot under a final name.
 
 Disk: rows x d x 2 bytes. PHOENIX14T train (7,096 samples, ~28 visual tokens after the x4
@@ -166,7 +166,7 @@ class Snapshot:
 
 
 def is_complete_snapshot(path: Path) -> bool:
-    """A final-named snapshot folder (``epoch-XXXX``) holding its completion marker."""
+    """A final-named snapshot folder (``epoch-NNNN``) holding its completion marker."""
     return (
         path.is_dir()
         and path.name.startswith("epoch-")
@@ -182,7 +182,7 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
         raise SnapshotError(f"snapshot folder not found: {path}")
     if not is_complete_snapshot(path):
         raise SnapshotError(
-            f"{path} is not a complete snapshot (expected an epoch-XXXX folder with a "
+            f"{path} is not a complete snapshot (expected an epoch-NNNN folder with a "
             f"{COMPLETE_MARKER} marker; temporary or interrupted writes are not snapshots)"
         )
     try:
