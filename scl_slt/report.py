@@ -1,0 +1,615 @@
+"""Paper-style results tables and figures from finished run directories.
+
+    python -m scl_slt.report <run dirs or globs...> [--out reports] [--split test] [--checkpoint best]
+
+Each argument is a run directory (it holds ``config.yaml``), a folder searched for run
+directories (a pipeline ``out_dir``, a sweep folder), or a glob of either. For every run the
+report reads ``config.yaml``, ``eval/<checkpoint>/<split>/metrics.json`` (written by
+``python -m scl_slt.evaluate`` and the pipeline's test step), ``metrics.jsonl`` (curves) and
+``trajectory/summary.json`` (reference runs). A run whose metrics are missing or unreadable is
+listed, with the reason, under "Skipped runs" and left out of the tables; the report goes on.
+
+Rows of the component table (``classify_component``), from the run's config:
+
+- ``stage=translate`` without ``stage.init_from``: **baseline end-to-end**;
+- ``stage=translate`` from a stage-1 run: **CL-SLT** if that run's selection is ``random``,
+  **SCL-SLT** if it is ``trajectory`` (another strategy S gives the extra row "S, then translate");
+  the stage-1 run's ``config.yaml`` is found through ``stage.init_from`` (a run or checkpoint
+  directory; a moved tree is searched next to the run, see ``locate_recorded``);
+- ``stage=contrastive`` (one stage, evaluated directly): **w/ CL** for random batches (a tracked
+  reference run too), **w/ SCL** for ``selection=trajectory``, "w/ S" for another strategy S.
+
+The SCL setting of a selective run (or of the stage-1 run of a two-stage one) is its
+``selection.schedule``; its trajectory interval, i.e. the ``tracker.interval`` of the reference run
+that wrote ``selection.pair_scores`` (else the spacing of the snapshot epochs in
+``pair_scores.json``); and ``model.similarity.method``. The w/ SCL and SCL-SLT rows hold the runs of
+one setting (``main_setting``: the paper's log / 5 / cico if present, else the most common);
+runs of another setting get rows of their own ("w/ SCL (schedule hard_only)").
+``<run_dir>/report.json`` holding ``{"report_row": "<row>"}`` overrides the row (e.g. for a run
+whose stage-1 directory is gone). Ablation tables are built from the one-stage selective runs: a
+table holds the runs that agree on the two other factors (named in its title) and is written
+when they differ in its own factor.
+
+Runs sharing a row (seeds) are shown as mean ± sample standard deviation (n - 1), with n and the
+seeds. The paper's test numbers (method.md §7) stand beside ours for PHOENIX14T and CSL-Daily.
+
+Outputs in ``--out``: ``tables.md`` (every table), ``tables.csv`` (one long table: ``table,
+dataset, context, row, metric, n, seeds, mean, std, paper``, one line per row and metric),
+``runs.csv`` (each run, its row, factors and status), ``curves.png`` (dev BLEU-4 per epoch and
+training loss per step, one line per run) and ``categories.png`` (trajectory category shares of
+the reference runs beside the paper's; only when some run has ``trajectory/summary.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l")
+METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4"}
+METRIC_NAMES["rouge_l"] = "ROUGE-L"
+CATEGORIES = ("H->L", "H->H", "L->H", "L->L")
+DATASET_ORDER = ("phoenix14t", "csl_daily")
+REPORT_FILE = "report.json"
+BASELINE, W_CL, W_SCL = "baseline end-to-end", "w/ CL", "w/ SCL"
+CL_SLT, SCL_SLT = "CL-SLT", "SCL-SLT"
+COMPONENT_ROWS = (BASELINE, W_CL, W_SCL, CL_SLT, SCL_SLT)
+ONE_STAGE_ROWS = {"random": W_CL, "trajectory": W_SCL}  # by the run's selection.name
+TWO_STAGE_ROWS = {"random": CL_SLT, "trajectory": SCL_SLT}  # by its stage-1 run's
+
+# ------------------------------------------------------------------- the paper (method.md §7)
+# Component table, test scores: (PHOENIX14T ROUGE-L, BLEU-4, CSL-Daily ROUGE-L, BLEU-4).
+_PAPER_COMPONENT_ROWS = {
+    BASELINE: (41.81, 21.97, 41.04, 16.31),
+    W_CL: (43.55, 22.03, 47.77, 20.59),
+    W_SCL: (46.33, 25.30, 48.53, 21.41),
+    CL_SLT: (46.13, 25.01, 48.34, 20.70),
+    SCL_SLT: (47.02, 26.00, 51.08, 23.25),
+}
+PAPER_COMPONENT = {
+    dataset: {row: {"rouge_l": v[i], "bleu4": v[i + 1]} for row, v in _PAPER_COMPONENT_ROWS.items()}
+    for i, dataset in ((0, "phoenix14t"), (2, "csl_daily"))
+}
+# Category shares of the negative pairs on PHOENIX14T (L->L is the rest), in %.
+PAPER_CATEGORIES = {"phoenix14t": {"H->L": 35.9, "H->H": 31.9, "L->H": 17.8, "L->L": 14.4}}
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One ablation of the joint (one-stage w/ SCL) setting and the paper's PHOENIX14T BLEU-4
+    per row (its keys are the paper's rows, in its order)."""
+
+    factor: str  # key in Run.factors
+    title: str
+    paper_setting: str  # the value in the paper's main configuration
+    paper_phoenix14t_bleu4: dict[str, float]
+
+
+ABLATIONS = (
+    Ablation(
+        "schedule",
+        "Curriculum schedule",
+        "log",
+        {"hard_only": 12.41, "easy_only": 24.00, "linear": 24.59, "sqrt": 24.54, "log": 25.30},
+    ),
+    Ablation(
+        "interval",
+        "Trajectory interval (epochs between snapshots)",
+        "5",
+        {"1": 24.68, "5": 25.30, "10": 6.26},
+    ),
+    Ablation("pooling", "Similarity pooling", "cico", {"cls": 14.85, "mean": 12.44, "cico": 25.30}),
+)
+FACTORS = tuple(a.factor for a in ABLATIONS)
+PAPER_SETTING = tuple(a.paper_setting for a in ABLATIONS)
+
+
+class ReportError(ValueError):
+    """Bad command-line input (a path that does not exist, no run found)."""
+
+
+# ----------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    """What the report knows about one run directory."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "?"
+    seed: int | None = None
+    row: str | None = None  # component-table row; None: unclassified
+    labelled: bool = False  # the row came from report.json
+    # SCL setting (schedule, interval, pooling) of a selective run or of its stage-1 run.
+    factors: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] | None = None  # the evaluated split's scores
+    problem: str | None = None  # why the run is not in the tables
+
+
+def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def locate_recorded(recorded: str, run_dir: Path) -> Path | None:
+    """A path recorded in a run's config as it can be found now.
+
+    Tried in order: as recorded (absolute, or relative to the current directory), then its last
+    one, two or three components next to the run directory (``<run_dir>/../``), which finds the
+    sibling runs of a pipeline or sweep folder that was moved or copied. None if nowhere.
+    """
+    path = Path(recorded).expanduser()
+    if path.exists():
+        return path
+    parts = path.parts
+    for k in range(1, min(3, len(parts)) + 1):
+        candidate = run_dir.parent.joinpath(*parts[-k:])
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def stage1_run_dir(init_from: str, run_dir: Path) -> Path | None:
+    """The stage-1 run directory ``stage.init_from`` (a run or checkpoint dir) names."""
+    found = locate_recorded(init_from, run_dir)
+    if found is None:
+        return None
+    for folder in (found, found.parent.parent):  # a run dir, or <run>/checkpoints/<tag>
+        if (folder / "config.yaml").is_file():
+            return folder
+    return None
+
+
+def classify_component(config: dict[str, Any], init_config: dict[str, Any] | None) -> str | None:
+    """The component-table row of a run from its config (see the module docstring).
+
+    ``init_config`` is the config of the run ``stage.init_from`` points to (None if there is no
+    ``init_from`` or it cannot be found). Returns None for a two-stage run whose stage-1 config
+    is unknown.
+    """
+    if _get(config, "stage.name", "contrastive") == "translate":
+        if not _get(config, "stage.init_from"):
+            return BASELINE
+        if init_config is None:
+            return None
+        selection = _get(init_config, "selection.name", "random")
+        return TWO_STAGE_ROWS.get(selection, f"{selection}, then translate")
+    selection = _get(config, "selection.name", "random")
+    return ONE_STAGE_ROWS.get(selection, f"w/ {selection}")
+
+
+def trajectory_interval(config: dict[str, Any], run_dir: Path) -> str:
+    """Epochs between the snapshots behind ``selection.pair_scores``; "?" when unknown."""
+    recorded = _get(config, "selection.pair_scores")
+    pair_scores = locate_recorded(recorded, run_dir) if recorded else None
+    if pair_scores is None:
+        return "?"
+    reference_config = pair_scores.parent / "config.yaml"
+    if reference_config.is_file():
+        interval = _get(_read_yaml(reference_config), "tracker.interval")
+        if interval is not None:
+            return str(int(interval))
+    info = pair_scores.with_suffix(".json")
+    if info.is_file():
+        epochs = sorted(s["epoch"] for s in json.loads(info.read_text()).get("snapshots", []))
+        steps = [b - a for a, b in zip(epochs, epochs[1:]) if b > a]
+        if steps:
+            return str(min(steps))
+    return "?"
+
+
+def scl_factors(config: dict[str, Any], run_dir: Path) -> dict[str, str]:
+    """Schedule, trajectory interval and pooling of a ``selection=trajectory`` run."""
+    return {
+        "schedule": str(_get(config, "selection.schedule", "log")),
+        "interval": trajectory_interval(config, run_dir),
+        "pooling": str(_get(config, "model.similarity.method", "cico")),
+    }
+
+
+def read_eval_metrics(path: Path) -> dict[str, float]:
+    """BLEU-1..4 and ROUGE-L of an evaluation ``metrics.json``; ValueError names file and key."""
+    record = json.loads(path.read_text())
+    scores = record.get("metrics") if isinstance(record, dict) else None
+    if not isinstance(scores, dict):
+        raise ValueError(f"{path}: no 'metrics' mapping")
+    out = {}
+    for key in METRICS:
+        value = scores.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            raise ValueError(f"{path}: metrics.{key} missing or not a number ({value!r})")
+        out[key] = float(value)
+    return out
+
+
+def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
+    """Read one run directory; problems are recorded in ``Run.problem``, never raised."""
+    run = Run(path=path)
+    try:
+        run.config = _read_yaml(path / "config.yaml")
+        run.dataset = str(_get(run.config, "data.name", "?"))
+        seed = _get(run.config, "seed")
+        run.seed = int(seed) if seed is not None else None
+        init_from = _get(run.config, "stage.init_from")
+        init_dir = stage1_run_dir(init_from, path) if init_from else None
+        init_config = _read_yaml(init_dir / "config.yaml") if init_dir else None
+        run.row = classify_component(run.config, init_config)
+        override = path / REPORT_FILE
+        if override.is_file():
+            labels = json.loads(override.read_text())
+            if not isinstance(labels, dict):
+                raise ValueError(f"{override}: expected a JSON object with report_row")
+            row = labels.get("report_row")
+            if row is not None:
+                if not isinstance(row, str) or not row:
+                    raise ValueError(f"{override}: report_row must be a non-empty string")
+                run.row, run.labelled = row, True
+        if run.row is None:
+            run.problem = (
+                f"stage.init_from={init_from} has no stage-1 config.yaml to classify the run "
+                f"(give its row in {path / REPORT_FILE} as report_row)"
+            )
+        if _get(run.config, "selection.name") == "trajectory":
+            run.factors = scl_factors(run.config, path)
+        elif init_config and _get(init_config, "selection.name") == "trajectory":
+            run.factors = scl_factors(init_config, init_dir)
+        metrics_path = path / "eval" / checkpoint / split / "metrics.json"
+        if not metrics_path.is_file():
+            run.problem = run.problem or f"no {split} metrics: {metrics_path} is missing"
+        else:
+            run.metrics = read_eval_metrics(metrics_path)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:  # corrupt files of one run
+        run.problem = f"unreadable: {e}"
+        run.metrics = None
+    return run
+
+
+def find_run_dirs(arguments: Sequence[str]) -> list[Path]:
+    """Run directories (holding ``config.yaml``) named by, or found under, the arguments.
+
+    A path that does not exist, or a glob matching nothing, raises ReportError; so does finding
+    no run at all. Folders are searched recursively; the search stops at a run directory.
+    """
+    found: dict[Path, None] = {}
+    for argument in arguments:
+        pattern = os.path.expanduser(argument)
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise ReportError(f"{argument}: matches no file or directory")
+        for match in matches:
+            root = Path(match)
+            if not root.exists():
+                raise ReportError(f"{argument}: no such directory")
+            if not root.is_dir():
+                continue
+            for folder, subdirs, files in os.walk(root):
+                if "config.yaml" in files:
+                    found[Path(folder)] = None
+                    subdirs.clear()
+                else:
+                    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    if not found:
+        raise ReportError(f"no run directory (with config.yaml) in {list(arguments)}")
+    return list(found)
+
+
+def pipeline_timings(run_dirs: Iterable[Path]) -> dict[Path, dict[str, float]]:
+    """Step wall times of the pipelines (``pipeline.json`` beside the runs) the runs belong to."""
+    out = {}
+    for folder in sorted({p.parent for p in run_dirs}):
+        state_path = folder / "pipeline.json"
+        if state_path.is_file():
+            try:
+                out[folder] = dict(json.loads(state_path.read_text()).get("_timings", {}))
+            except (OSError, ValueError) as e:
+                log.warning("%s: unreadable (%s)", state_path, e)
+    return out
+
+
+# --------------------------------------------------------------------------------- tables
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for fewer than two values)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclass
+class TableRow:
+    label: str
+    runs: list[Run]
+    paper: dict[str, float]  # metric -> the paper's value
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metrics[metric] for r in self.runs if r.metrics and metric in r.metrics]
+
+    @property
+    def seeds(self) -> str:
+        return " ".join(str(r.seed) for r in sorted(self.runs, key=lambda r: r.seed or 0))
+
+
+@dataclass
+class Table:
+    name: str  # component | schedule | interval | pooling | categories
+    dataset: str
+    title: str
+    context: str  # the settings shared by every row ("" when none)
+    metrics: tuple[str, ...]  # ours
+    paper_metrics: tuple[str, ...]  # the paper's columns (empty when it has none)
+    rows: list[TableRow]
+
+
+def _dataset_key(name: str) -> tuple[int, str]:
+    return (DATASET_ORDER.index(name) if name in DATASET_ORDER else len(DATASET_ORDER), name)
+
+
+def _by_dataset(runs: Iterable[Run]) -> list[tuple[str, list[Run]]]:
+    datasets = sorted({r.dataset for r in runs}, key=_dataset_key)
+    return [(d, [r for r in runs if r.dataset == d]) for d in datasets]
+
+
+def main_setting(runs: Sequence[Run]) -> tuple[str, ...] | None:
+    """The SCL setting (schedule, interval, pooling) the component table's SCL rows stand for:
+    the paper's (log, 5, cico) when a run has it, else the most common one (ties: the first in
+    sorted order). None when no run is selective."""
+    settings = [tuple(r.factors[f] for f in FACTORS) for r in runs if r.factors]
+    if not settings:
+        return None
+    if PAPER_SETTING in settings:
+        return PAPER_SETTING
+    return min(settings, key=lambda s: (-settings.count(s), s))
+
+
+def component_label(run: Run, main: tuple[str, ...] | None) -> str | None:
+    """The run's row; a selective run (or one from a selective stage 1) whose setting differs
+    from ``main`` gets its own row naming the difference, e.g. "w/ SCL (schedule hard_only)",
+    so that ablation runs never enter the main rows. A report.json row is kept as is."""
+    if run.labelled or not run.factors or main is None:
+        return run.row
+    differs = [f"{f} {run.factors[f]}" for f, m in zip(FACTORS, main) if run.factors[f] != m]
+    return f"{run.row} ({', '.join(differs)})" if differs else run.row
+
+
+def component_tables(runs: Sequence[Run]) -> list[Table]:
+    """One component table per dataset: the paper's five rows, then any other row found."""
+    tables = []
+    for dataset, mine in _by_dataset(runs):
+        main = main_setting(mine)
+        labels = {id(r): component_label(r, main) for r in mine}
+        extra = sorted(set(labels.values()) - set(COMPONENT_ROWS) - {None})
+        paper = PAPER_COMPONENT.get(dataset, {})
+        rows = [
+            TableRow(label, [r for r in mine if labels[id(r)] == label], dict(paper.get(label, {})))
+            for label in (*COMPONENT_ROWS, *extra)
+        ]
+        context = (
+            f"SCL rows: {', '.join(f'{f} {v}' for f, v in zip(FACTORS, main))}" if main else ""
+        )
+        paper_metrics = ("bleu4", "rouge_l") if paper else ()
+        table = Table(
+            "component", dataset, "Component table", context, METRICS, paper_metrics, rows
+        )
+        tables.append(table)
+    return tables
+
+
+def _row_order(ablation: Ablation, values: Iterable[str]) -> list[str]:
+    """The paper's rows in its order, then ours; intervals sorted by number."""
+    paper_rows = list(ablation.paper_phoenix14t_bleu4)
+    labels = set(paper_rows) | set(values)
+    if ablation.factor == "interval":
+        return sorted(labels, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+    return [*paper_rows, *sorted(labels - set(paper_rows))]
+
+
+def ablation_tables(runs: Sequence[Run]) -> list[Table]:
+    """Per dataset and ablation: one table per setting of the two other factors, when the runs
+    of that setting differ in this factor (a single value is not an ablation)."""
+    tables = []
+    one_stage = [r for r in runs if r.factors and _get(r.config, "stage.name") == "contrastive"]
+    for dataset, mine in _by_dataset(one_stage):
+        paper_dataset = dataset == "phoenix14t"
+        for ablation in ABLATIONS:
+            others = [a.factor for a in ABLATIONS if a is not ablation]
+            settings: dict[tuple[str, ...], list[Run]] = {}
+            for r in mine:
+                settings.setdefault(tuple(r.factors[f] for f in others), []).append(r)
+            for setting, members in sorted(settings.items()):
+                values = {r.factors[ablation.factor] for r in members}
+                if len(values) < 2:
+                    continue
+                paper = ablation.paper_phoenix14t_bleu4 if paper_dataset else {}
+                rows = [
+                    TableRow(
+                        label,
+                        [r for r in members if r.factors[ablation.factor] == label],
+                        {"bleu4": paper[label]} if label in paper else {},
+                    )
+                    for label in _row_order(ablation, values)
+                ]
+                title = f"Ablation: {ablation.title} (one stage, w/ SCL)"
+                context = ", ".join(f"{f} {v}" for f, v in zip(others, setting))
+                paper_metrics = ("bleu4",) if paper else ()
+                ours = ("bleu4", "rouge_l")
+                table = Table(ablation.factor, dataset, title, context, ours, paper_metrics, rows)
+                tables.append(table)
+    return tables
+
+
+def read_category_shares(run_dir: Path) -> dict[str, float] | None:
+    """Shares (in %) of ``trajectory/summary.json``; None if the run has none or it is bad."""
+    path = run_dir / "trajectory" / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        shares = json.loads(path.read_text())["shares"]
+        return {c: 100.0 * float(shares[c]) for c in CATEGORIES}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable trajectory summary (%s)", path, e)
+        return None
+
+
+def category_tables(runs: Sequence[Run]) -> list[Table]:
+    """Per dataset, the category shares (mean over its reference runs) beside the paper's."""
+    with_shares = []
+    for r in runs:
+        shares = read_category_shares(r.path)
+        if shares is not None:
+            with_shares.append(Run(path=r.path, dataset=r.dataset, seed=r.seed, metrics=shares))
+    tables = []
+    for dataset, mine in _by_dataset(with_shares):
+        paper = PAPER_CATEGORIES.get(dataset, {})
+        title = "Trajectory categories (% of negative pairs)"
+        rows = [TableRow("reference runs", mine, dict(paper))]
+        tables.append(
+            Table("categories", dataset, title, "", CATEGORIES, CATEGORIES if paper else (), rows)
+        )
+    return tables
+
+
+def _component_key(label: str) -> tuple[int, str]:
+    return (COMPONENT_ROWS.index(label) if label in COMPONENT_ROWS else len(COMPONENT_ROWS), label)
+
+
+# --------------------------------------------------------------------------------- report
+RUNS_CSV_FIELDS = ("run", "dataset", "stage", "selection", "seed", "row", "schedule", "interval",
+                   "pooling", *METRICS, "status")  # fmt: skip
+
+
+def _runs_csv_row(r: Run) -> dict[str, Any]:
+    scores = {m: f"{r.metrics[m]:.4f}" for m in METRICS} if r.metrics else {}
+    config = {k: _get(r.config, f"{k}.name", "") for k in ("stage", "selection")}
+    return {"run": str(r.path), "dataset": r.dataset, **config, "seed": r.seed, "row": r.row,
+            **r.factors, **scores, "status": r.problem or "ok"}  # fmt: skip
+
+
+def _markdown(
+    tables: Sequence[Table], runs: Sequence[Run], timings: dict[Path, dict[str, float]], how: str
+) -> str:
+    from .report_render import table_markdown
+
+    lines = [
+        "# Results",
+        "",
+        f"{how}; {len(runs)} run directories, {sum(r.problem is None for r in runs)} in the "
+        "tables. Each cell is the mean ± sample standard deviation over the n runs (seeds) of its "
+        "row; the paper's columns are its published test scores (method.md §7). Every run, its "
+        "row and factors: `runs.csv`.",
+    ]
+    for dataset in sorted({t.dataset for t in tables}, key=_dataset_key):
+        lines += ["", f"## {dataset}"]
+        for table in (t for t in tables if t.dataset == dataset):
+            title = table.title + (f" — {table.context}" if table.context else "")
+            lines += ["", f"### {title}", "", table_markdown(table)]
+    if timings:
+        lines += ["", "## Pipeline wall time", "", "| pipeline | steps (s) | total (s) |"]
+        lines.append("|---|---|---|")
+        for folder, steps in timings.items():
+            detail = ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
+            lines.append(f"| `{folder}` | {detail} | {sum(steps.values()):.0f} |")
+    skipped = [r for r in runs if r.problem]
+    if skipped:
+        lines += ["", "## Skipped runs", ""]
+        lines += [f"- `{r.path}`: {r.problem}" for r in skipped]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Report:
+    """What ``build_report`` produced: the tables, the runs (skipped ones have a ``problem``)
+    and the files written."""
+
+    tables: list[Table]
+    runs: list[Run]
+    files: dict[str, Path]
+
+
+def build_report(
+    arguments: Sequence[str],
+    out_dir: str | os.PathLike = "reports",
+    split: str = "test",
+    checkpoint: str = "best",
+) -> Report:
+    """Read the runs the arguments name, write the tables and figures into ``out_dir``."""
+    from . import report_render  # it imports this module; matplotlib loads only here
+
+    run_dirs = find_run_dirs(arguments)
+    runs = [load_run(p, split, checkpoint) for p in run_dirs]
+    for r in runs:
+        if r.problem:
+            log.warning("skipping %s: %s", r.path, r.problem)
+    scored = [r for r in runs if r.problem is None]
+    categories = category_tables(runs)
+    tables = [*component_tables(scored), *ablation_tables(scored), *categories]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in ("tables.md", "tables.csv", "runs.csv")}
+    how = f"Split `{split}`, checkpoint `{checkpoint}`"
+    markdown = _markdown(tables, runs, pipeline_timings(run_dirs), how)
+    files["tables.md"].write_text(markdown, encoding="utf-8")
+    with open(files["tables.csv"], "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=report_render.CSV_FIELDS)
+        writer.writeheader()
+        for table in tables:
+            writer.writerows(report_render.table_csv_rows(table))
+    with open(files["runs.csv"], "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=RUNS_CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(_runs_csv_row(r) for r in runs)
+    for name, path in (
+        ("curves.png", report_render.plot_curves(runs, out)),
+        ("categories.png", report_render.plot_categories(categories, out)),
+    ):
+        if path is not None:
+            files[name] = path
+    return Report(tables, runs, files)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scl_slt.report",
+        description="Paper-style tables (Markdown, CSV) and curves from run directories.",
+    )
+    parser.add_argument("runs", nargs="+", help="run directories, folders of runs, or globs")
+    parser.add_argument("--out", default="reports", help="output folder (default: reports/)")
+    parser.add_argument("--split", default="test", help="evaluated split to tabulate")
+    parser.add_argument("--checkpoint", default="best", help="eval/<checkpoint>/ tag to read")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        report = build_report(args.runs, args.out, args.split, args.checkpoint)
+    except ReportError as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
+    print(report.files["tables.md"].read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in report.files.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
