@@ -24,10 +24,10 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from safetensors.torch import load as safetensors_load
@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from . import distributed as dist_utils
+from .distributed import on_main_process
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ BEST_INDEX = "best.json"
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _ALIASES_KEY = "scl_slt.aliases"
-
-T = TypeVar("T")
 
 
 class CheckpointError(RuntimeError):
@@ -326,23 +325,6 @@ def clean_partial_writes(checkpoint_root: str | os.PathLike) -> None:
             if p.name.startswith((".tmp-", ".old-")):
                 log.info("removing partial checkpoint write %s", p)
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def on_main_process(fn: Callable[[], T]) -> T | None:
-    """Run ``fn`` on rank 0 only; if it fails there, raise the same error on every rank (instead
-    of the other ranks hanging at the next collective). Returns fn's result on every rank."""
-    result, error = None, None
-    if dist_utils.is_main_process():
-        try:
-            result = fn()
-        except Exception as e:
-            if not dist_utils.is_initialized():
-                raise
-            error = e
-    result, error = dist_utils.broadcast_object((result, error))
-    if error is not None:
-        raise error
-    return result
 
 
 # ------------------------------------------------------------------------------------- manager

@@ -4,7 +4,8 @@ is not initialised, so library code can call it unconditionally."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -63,6 +64,27 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def on_main_process(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 only; if it fails there, raise the same error on every rank (instead
+    of the other ranks hanging at the next collective). Returns fn's result on every rank; the
+    broadcast doubles as the barrier (no rank goes on before rank 0 has finished)."""
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except Exception as e:
+            if not is_initialized():
+                raise
+            error = e
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,10 @@ from .checkpoint import (
     clean_partial_writes,
     load_train_state,
     locate_resume,
-    on_main_process,
     resume_config_differences,
 )
 from .config import ConfigError, TrainConfig, to_container
+from .distributed import on_main_process
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)

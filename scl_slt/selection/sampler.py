@@ -230,7 +230,7 @@ def build_batch_sampler(
     else:
         from .strategies import prepare_strategy_scores
 
-        path = prepare_strategy_scores(cfg, num_samples, texts, names, language, run_dir, rank)
+        path = prepare_strategy_scores(cfg, num_samples, texts, names, language, run_dir)
     scores = load_pair_scores(path, num_samples)
     sampler = CurriculumBatchSampler(
         scores,

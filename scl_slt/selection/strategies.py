@@ -374,7 +374,6 @@ def prepare_strategy_scores(
     names: Sequence[str] | None,
     language: str | None,
     run_dir: str | os.PathLike | None,
-    rank: int = 0,
 ) -> Path:
     """The score file of ``text_semantic`` / ``visual_confusable``, computed once per run.
 
@@ -422,19 +421,12 @@ def prepare_strategy_scores(
             f"selection={name.value}: build_batch_sampler needs run_dir= for its scores"
         )
     out_path = Path(run_dir) / STRATEGY_DIRNAME / f"{name.value}.npy"
-    failure: BaseException | None = None
-    if rank == 0 or not distributed.is_initialized():
-        try:
-            if _cached(out_path, key):
-                log.info("%s: reusing %s", name.value, out_path)
-            else:
-                compute(out_path)
-        except Exception as e:  # re-raised below, after telling the other ranks
-            failure = e
-    # Doubles as the barrier: no rank reads the file before rank 0 has written it (or failed).
-    message = distributed.broadcast_object(None if failure is None else repr(failure))
-    if failure is not None:
-        raise failure
-    if message is not None:
-        raise RuntimeError(f"rank 0 failed to compute {out_path}: {message}")
+
+    def prepare() -> None:  # rank 0; the others wait and get its failure, if any
+        if _cached(out_path, key):
+            log.info("%s: reusing %s", name.value, out_path)
+        else:
+            compute(out_path)
+
+    distributed.on_main_process(prepare)
     return out_path

@@ -288,6 +288,17 @@ def _encode(
     return encoded
 
 
+def _merge_shards(parts: list[dict[int, Any]]) -> dict[int, Any]:
+    """The per-rank encodings (dataset index -> features) as one; each index exactly once."""
+    encoded: dict[int, Any] = {}
+    for part in parts:
+        overlap = encoded.keys() & part.keys()
+        if overlap:
+            raise SnapshotError(f"sample indices encoded by two ranks: {sorted(overlap)[:5]}")
+        encoded.update(part)
+    return encoded
+
+
 class SnapshotTracker:
     """Decides when to snapshot and writes snapshots (the training loop calls both).
 
@@ -345,33 +356,18 @@ class SnapshotTracker:
             encoded = _encode(inner, shard, device, autocast)
         finally:
             inner.train(was_training)
+        parts: list[Any] | None = None
         if world > 1:
-            parts: list[Any] | None = [None] * world if rank == 0 else None
+            parts = [None] * world if rank == 0 else None
             dist.gather_object(encoded, parts, dst=0)
-            if rank == 0:
-                encoded = {}
-                for part in parts:
-                    overlap = encoded.keys() & part.keys()
-                    if overlap:
-                        raise SnapshotError(
-                            f"sample indices encoded by two ranks: {sorted(overlap)[:5]}"
-                        )
-                    encoded.update(part)
+
         path = self.path_for(completed_epochs)
-        failure: BaseException | None = None
-        if rank == 0:
-            try:
-                self._write(
-                    encoded, len(loader.dataset), completed_epochs, path, time.time() - start
-                )
-            except Exception as e:  # re-raised below, after telling the other ranks
-                failure = e
-        # Doubles as the barrier: no rank returns before rank 0 has written (or failed).
-        message = distributed.broadcast_object(None if failure is None else str(failure))
-        if failure is not None:
-            raise failure
-        if message is not None:
-            raise SnapshotError(f"rank 0 failed to write snapshot {path}: {message}")
+
+        def write() -> None:  # rank 0; a failure (also a bad merge) is raised on every rank
+            merged = encoded if parts is None else _merge_shards(parts)
+            self._write(merged, len(loader.dataset), completed_epochs, path, time.time() - start)
+
+        distributed.on_main_process(write)
         return path
 
     def _write(
