@@ -267,6 +267,7 @@ class TrainConfig:
     resume: str = "none"  # none | auto | <checkpoint dir>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    runs_root: str = "runs"  # root of the experiment configs' chained run dirs (configs/experiment)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
