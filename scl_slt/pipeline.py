@@ -14,7 +14,11 @@ interrupted one resumes from its newest complete checkpoint):
 Pipeline options are the fields of ``PipelineConfig``; every other ``key=value`` is a Hydra override
 passed to every training step (``data=phoenix14t``, ``model=mbart_large_50``, ``stage.lr=3e-4``).
 With ``compare_random=true`` the CL-SLT baseline (random contrastive stage, then translation) runs
-too, so the table shows both rows from the same budget.
+too, so the table shows both rows from the same budget. ``strategies=[...]`` runs steps 3-4 once per
+negative-selection strategy (``configs/selection/<name>.yaml``) on the same reference run and budget:
+``trajectory`` (SCL, run dirs ``2-selective``/``3-translate``), ``random`` (``2-random``/
+``3-translate-random``) and the others as ``2-<name>``/``3-translate-<name>``; ``visual_confusable``
+mines its scores from the reference run's latest snapshot.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from .config import TrainConfig, register_configs, validate_train
+from .config import SelectionName, TrainConfig, register_configs, validate_train
 
 log = logging.getLogger("scl_slt.pipeline")
 
@@ -48,6 +52,8 @@ class PipelineConfig:
     delta: str = "endpoints"  # endpoints | slope
     threshold: str = "last_median"  # last_median | per_snapshot
     compare_random: bool = False  # also run CL-SLT (random stage 1) on the same budget
+    # stage-1 selections to run steps 3-4 with (configs/selection/<name>.yaml), in this order
+    strategies: list[str] = field(default_factory=lambda: ["trajectory"])
     device: str = "auto"
 
 
@@ -64,6 +70,12 @@ def split_arguments(argv: list[str]) -> tuple[PipelineConfig, list[str]]:
         raise ValueError(f"delta: endpoints | slope, got {cfg.delta!r}")
     if cfg.threshold not in ("last_median", "per_snapshot"):
         raise ValueError(f"threshold: last_median | per_snapshot, got {cfg.threshold!r}")
+    known = [m.value for m in SelectionName]
+    for name in cfg.strategies:
+        if name not in known:
+            raise ValueError(f"strategies: unknown selection {name!r}; one of {known}")
+    if len(set(cfg.strategies)) != len(cfg.strategies):
+        raise ValueError(f"strategies: listed twice in {cfg.strategies}")
     for name in ("reference_epochs", "contrastive_epochs", "translate_epochs", "interval"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
@@ -160,13 +172,15 @@ class Pipeline:
         )
         scores = self.step("score", self.score, Path(ref["run_dir"]))
         rows: dict[str, dict] = {}
-        variants = [("SCL-SLT", "trajectory", "2-selective", "3-translate")]
-        if c.compare_random:
-            variants.append(("CL-SLT", "random", "2-random", "3-translate-random"))
-        for label, selection, stage1_dir, stage2_dir in variants:
-            extra = (
-                [f"selection.pair_scores={scores['pair_scores']}"] if selection != "random" else []
-            )
+        strategies = list(c.strategies)
+        if c.compare_random and "random" not in strategies:
+            strategies.append("random")
+        for selection in strategies:
+            label, stage1_dir, stage2_dir = strategy_runs(selection)
+            extra = {
+                "trajectory": [f"selection.pair_scores={scores['pair_scores']}"],
+                "visual_confusable": [f"selection.snapshot={ref['run_dir']}"],
+            }.get(selection, [])
             s1 = self.step(
                 f"{stage1_dir}",
                 self.train,
@@ -190,6 +204,15 @@ class Pipeline:
             )
             rows[label] = self.step(f"test-{label}", self.test, Path(s2["run_dir"]))
         return rows
+
+
+def strategy_runs(selection: str) -> tuple[str, str, str]:
+    """(table label, stage-1 run dir name, stage-2 run dir name) of a stage-1 selection."""
+    if selection == "trajectory":
+        return "SCL-SLT", "2-selective", "3-translate"
+    if selection == "random":
+        return "CL-SLT", "2-random", "3-translate-random"
+    return f"{selection} + SLT", f"2-{selection}", f"3-translate-{selection}"
 
 
 def results_table(rows: dict[str, dict]) -> str:

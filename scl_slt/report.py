@@ -136,7 +136,10 @@ class Run:
     labelled: bool = False  # the row came from report.json
     # SCL setting (schedule, interval, pooling) of a selective run or of its stage-1 run.
     factors: dict[str, str] = field(default_factory=dict)
+    pooling: str | None = None  # similarity of the run's (or its stage-1 run's) contrastive stage
     metrics: dict[str, float] | None = None  # the evaluated split's scores
+    alignment: dict[str, float] | None = None  # retrieval / SDR of a stage-1 checkpoint
+    stage1: Path | None = None  # the run stage.init_from names (two-stage runs)
     problem: str | None = None  # why the run is not in the tables
 
 
@@ -232,6 +235,20 @@ def scl_factors(config: dict[str, Any], run_dir: Path) -> dict[str, str]:
     }
 
 
+def read_alignment(path: Path) -> dict[str, float] | None:
+    """The numeric ``alignment`` entries (retrieval R@K / ranks, SDR) of an evaluation
+    ``metrics.json``; None when it has none (a stage-2 checkpoint has no text branch)."""
+    record = json.loads(path.read_text())
+    found = record.get("alignment") if isinstance(record, dict) else None
+    if not isinstance(found, dict):
+        return None
+    return {
+        k: float(v)
+        for k, v in found.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    }
+
+
 def read_eval_metrics(path: Path) -> dict[str, float]:
     """BLEU-1..4 and ROUGE-L of an evaluation ``metrics.json``; ValueError names file and key."""
     record = json.loads(path.read_text())
@@ -258,6 +275,7 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
         init_from = _get(run.config, "stage.init_from")
         init_dir = stage1_run_dir(init_from, path) if init_from else None
         init_config = _read_yaml(init_dir / "config.yaml") if init_dir else None
+        run.stage1 = init_dir
         run.row = classify_component(run.config, init_config)
         override = path / REPORT_FILE
         if override.is_file():
@@ -274,6 +292,9 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
                 f"stage.init_from={init_from} has no stage-1 config.yaml to classify the run "
                 f"(give its row in {path / REPORT_FILE} as report_row)"
             )
+        contrastive = run.config if _get(run.config, "stage.name") == "contrastive" else init_config
+        if contrastive:
+            run.pooling = str(_get(contrastive, "model.similarity.method", "cico"))
         if _get(run.config, "selection.name") == "trajectory":
             run.factors = scl_factors(run.config, path)
         elif init_config and _get(init_config, "selection.name") == "trajectory":
@@ -283,6 +304,7 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
             run.problem = run.problem or f"no {split} metrics: {metrics_path} is missing"
         else:
             run.metrics = read_eval_metrics(metrics_path)
+            run.alignment = read_alignment(metrics_path)
     except (OSError, ValueError, TypeError, yaml.YAMLError) as e:  # corrupt files of one run
         run.problem = f"unreadable: {e}"
         run.metrics = None
@@ -388,9 +410,15 @@ def main_setting(runs: Sequence[Run]) -> tuple[str, ...] | None:
 def component_label(run: Run, main: tuple[str, ...] | None) -> str | None:
     """The run's row; a selective run (or one from a selective stage 1) whose setting differs
     from ``main`` gets its own row naming the difference, e.g. "w/ SCL (schedule hard_only)",
-    so that ablation runs never enter the main rows. A report.json row is kept as is."""
-    if run.labelled or not run.factors or main is None:
+    so that ablation runs never enter the main rows; so does another run whose contrastive stage
+    used another pooling ("w/ CL (pooling cls)"). A report.json row is kept as is."""
+    if run.labelled or main is None:
         return run.row
+    if not run.factors:
+        main_pooling = main[FACTORS.index("pooling")]
+        if run.pooling is None or run.pooling == main_pooling:
+            return run.row
+        return f"{run.row} (pooling {run.pooling})"
     differs = [f"{f} {run.factors[f]}" for f, m in zip(FACTORS, main) if run.factors[f] != m]
     return f"{run.row} ({', '.join(differs)})" if differs else run.row
 
@@ -557,6 +585,7 @@ def build_report(
 ) -> Report:
     """Read the runs the arguments name, write the tables and figures into ``out_dir``."""
     from . import report_render  # it imports this module; matplotlib loads only here
+    from .report_strategies import strategy_tables
 
     run_dirs = find_run_dirs(arguments)
     runs = [load_run(p, split, checkpoint) for p in run_dirs]
@@ -565,7 +594,8 @@ def build_report(
             log.warning("skipping %s: %s", r.path, r.problem)
     scored = [r for r in runs if r.problem is None]
     categories = category_tables(runs)
-    tables = [*component_tables(scored), *ablation_tables(scored), *categories]
+    strategies = strategy_tables(scored)
+    tables = [*component_tables(scored), *ablation_tables(scored), *strategies, *categories]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in ("tables.md", "tables.csv", "runs.csv")}

@@ -19,23 +19,27 @@ from .report import (
     _dataset_key,
     mean_std,
 )
+from .report_strategies import STRATEGY_METRIC_NAMES
+
+COLUMN_NAMES = {**METRIC_NAMES, **STRATEGY_METRIC_NAMES}
+DECIMALS = {"sdr": 3}  # other columns: 2
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], decimals: int = 2) -> str:
     mean, std = mean_std(values)
     if mean is None:
         return "—"
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{decimals}f}" if std is None else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def table_markdown(table: Table) -> str:
-    name = METRIC_NAMES.get
+    name = COLUMN_NAMES.get
     head = ["row", "n", "seeds", *(name(m, m) for m in table.metrics)]
     head += [f"paper {name(m, m)}" for m in table.paper_metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         cells = [row.label, str(len(row.runs)), row.seeds or "—"]
-        cells += [_cell(row.values(m)) for m in table.metrics]
+        cells += [_cell(row.values(m), DECIMALS.get(m, 2)) for m in table.metrics]
         cells += [f"{row.paper[m]:.2f}" if m in row.paper else "—" for m in table.paper_metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -83,6 +83,8 @@ def make_run(
     tracker_interval: int | None = None,
     bleu4: float | None = None,
     shares: dict[str, float] | None = None,
+    alignment: dict[str, float] | None = None,
+    epochs: int | None = None,
 ) -> Path:
     """A run directory as training and evaluation leave it (``bleu4=None``: not evaluated)."""
     path.mkdir(parents=True)
@@ -93,6 +95,8 @@ def make_run(
         name=selection, schedule=schedule, pair_scores=str(pair_scores) if pair_scores else None
     )
     config["model"]["similarity"]["method"] = pooling
+    if epochs is not None:
+        config["stage"]["epochs"] = epochs
     if tracker_interval is not None:
         config["tracker"] = {"enabled": True, "interval": tracker_interval}
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -107,7 +111,7 @@ def make_run(
     if bleu4 is not None:
         rows = [{"index": 0, "name": "clip0", "hypothesis": "regen", "reference": "regen heute"}]
         meta = {"split": "test", "checkpoint": str(path / "checkpoints" / "best")}
-        write_predictions(path / "eval" / "best" / "test", rows, scores(bleu4), meta)
+        write_predictions(path / "eval" / "best" / "test", rows, scores(bleu4), meta, alignment)
     if shares is not None:
         (path / "trajectory").mkdir()
         (path / "trajectory" / "summary.json").write_text(json.dumps({"shares": shares}))
@@ -350,3 +354,63 @@ def test_reproduce_scripts_parse(script):
     assert "set -euo pipefail" in text and "scl_slt.report" in text
     result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def alignment(r1: float, sdr: float) -> dict[str, float]:
+    """An evaluation's alignment entry (v2t R@1 = r1, t2v R@1 = r1 + 1)."""
+    return {"v2t_r1": r1, "v2t_r5": 100.0, "v2t_medr": 1.0, "t2v_r1": r1 + 1, "t2v_r5": 100.0,
+            "t2v_medr": 1.0, "retrieval_samples": 80, "sdr": sdr, "sdr_glosses": 40}  # fmt: skip
+
+
+def test_strategy_table_joins_stage1_alignment_with_stage2_bleu(tmp_path):
+    # Per strategy and seed: (v2t R@1, SDR, stage-1 BLEU-4, stage-2 BLEU-4).
+    plan = {
+        "random": {0: (60.0, 0.40, 30.0, 50.0), 1: (64.0, 0.36, 32.0, 54.0)},
+        "text_semantic": {0: (70.0, 0.30, 31.0, 57.0), 1: (72.0, 0.32, 35.0, 59.0)},
+    }
+    for strategy, seeds in plan.items():
+        for seed, (r1, sdr, b1, b2) in seeds.items():
+            stage1 = make_run(tmp_path / f"seed{seed}" / f"2-{strategy}", dataset="synthetic",
+                              selection=strategy, seed=seed, bleu4=b1,
+                              alignment=alignment(r1, sdr))  # fmt: skip
+            make_run(tmp_path / f"seed{seed}" / f"3-{strategy}", dataset="synthetic",
+                     stage="translate", seed=seed, init_from=stage1, bleu4=b2)  # fmt: skip
+    # A longer text_semantic run is a row of its own, without a stage-2 run.
+    make_run(tmp_path / "long", dataset="synthetic", selection="text_semantic", seed=0,
+             bleu4=40.0, alignment=alignment(90.0, 0.2), epochs=50)  # fmt: skip
+    report = build_report([str(tmp_path)], tmp_path / "report")
+    (table,) = [t for t in report.tables if t.name == "strategies"]
+    rows = {row.label: row for row in table.rows}
+    usual = TrainConfig().stage.epochs
+    assert list(rows) == ["random", "text_semantic", "text_semantic (50 epochs)"]
+    assert table.context.startswith(f"{usual} stage-1 epochs")
+    for strategy, seeds in plan.items():
+        row = rows[strategy]
+        assert row.seeds == "0 1"
+        columns = (("v2t_r1", 0), ("sdr", 1), ("stage1_bleu4", 2), ("stage2_bleu4", 3))
+        for column, position in columns:
+            expected = sorted(v[position] for v in seeds.values())
+            assert sorted(row.values(column)) == pytest.approx(expected)
+        assert sorted(row.values("t2v_r1")) == pytest.approx(
+            sorted(v[0] + 1 for v in seeds.values())
+        )
+    assert rows["text_semantic (50 epochs)"].values("stage2_bleu4") == []
+    assert rows["text_semantic (50 epochs)"].values("v2t_r1") == [90.0]
+    markdown = report.files["tables.md"].read_text()
+    mean, std = hand_mean_std([0.30, 0.32])
+    line = next(x for x in markdown.splitlines() if x.startswith("| text_semantic | 2 |"))
+    assert f"{mean:.3f} ± {std:.3f}" in line  # SDR with three decimals
+    mean, std = hand_mean_std([57.0, 59.0])
+    assert line.endswith(f"| {mean:.2f} ± {std:.2f} |")  # last column: BLEU-4 after stage 2
+    assert "V→T R@1" in markdown and "BLEU-4 after stage 2" in markdown
+    component = next(x for x in markdown.splitlines() if x.startswith("| row | n | seeds | BLEU-1"))
+    assert "| BLEU-4 |" in component  # the component table keeps its own column names
+
+
+def test_strategy_table_needs_two_strategies(report):
+    tables = [t for t in report.tables if t.name == "strategies"]
+    # The shared fixture's PHOENIX runs use random and trajectory stage 1: one table there only.
+    assert [t.dataset for t in tables] == ["phoenix14t"]
+    labels = [row.label for row in tables[0].rows]
+    assert labels[:2] == ["random", "trajectory"]
+    assert "trajectory (schedule hard_only)" in labels
