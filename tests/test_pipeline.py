@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from scl_slt.pipeline import main, split_arguments
+from scl_slt.pipeline import main, split_arguments, strategy_runs
 
 # An untrained (or collapsed) model on the synthetic test split scores BLEU-4 well under 5: it
 # emits one generic sentence for every clip. The floors below are far above that.
@@ -24,6 +24,23 @@ def test_split_arguments_separates_pipeline_options_from_overrides():
         split_arguments(["delta=median"])
     with pytest.raises(ValueError, match="interval"):
         split_arguments(["interval=0"])
+
+
+def test_strategies_option_names_selections_and_run_dirs():
+    cfg, _ = split_arguments(["strategies=[random,text_semantic,online_trajectory]"])
+    assert cfg.strategies == ["random", "text_semantic", "online_trajectory"]
+    assert split_arguments([])[0].strategies == ["trajectory"]  # the method alone by default
+    with pytest.raises(ValueError, match="unknown selection 'hardest'"):
+        split_arguments(["strategies=[trajectory,hardest]"])
+    with pytest.raises(ValueError, match="listed twice"):
+        split_arguments(["strategies=[random,random]"])
+    # The two paper rows keep their run-dir names; other strategies are named after themselves.
+    assert strategy_runs("trajectory") == ("SCL-SLT", "2-selective", "3-translate")
+    assert strategy_runs("random") == ("CL-SLT", "2-random", "3-translate-random")
+    assert strategy_runs("visual_confusable")[1:] == (
+        "2-visual_confusable",
+        "3-translate-visual_confusable",
+    )
 
 
 def _run(tmp_path, monkeypatch, argv):

@@ -347,7 +347,9 @@ def test_cli_and_bad_arguments(runs_root, tmp_path, capsys):
         find_run_dirs([str(empty)])
 
 
-@pytest.mark.parametrize("script", ["reproduce_synthetic.sh", "reproduce_paper.sh"])
+@pytest.mark.parametrize(
+    "script", ["reproduce_synthetic.sh", "reproduce_paper.sh", "compare_strategies.sh"]
+)
 def test_reproduce_scripts_parse(script):
     path = REPO / "scripts" / script
     text = path.read_text()
