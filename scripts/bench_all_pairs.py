@@ -10,6 +10,9 @@ not depend on their values). Printed side by side, from the same run:
   CPU is shared, so the ratio is the meaningful figure);
 - the time of the full N x N, and of the naive per-pair loop timed on random pairs and scaled
   to N x N, with the speed-up (also for a loop calling `pairwise_similarity` on 1 x 1 batches);
+- the ceiling of that speed-up for any exact fp32 implementation: the naive loop's time over the
+  time the useful flops alone take at the measured matmul rate (a scorer cannot beat the GEMM
+  that its frame-token products are);
 - peak memory.
 
 Each figure is given in wall-clock time and in process CPU time (`time.process_time`, all
@@ -195,6 +198,11 @@ def main() -> None:
         ("useful / matmul (mean of both)", [100 * u / g for u, g in zip(useful, gemm)], "%"),
         (f"naive per-pair loop ({len(pairs)} pairs)", naive_s, "s scaled to N x N"),
         ("speed-up over the naive loop", [n / t for n, t in zip(naive_s, score_s)], "x"),
+        (
+            "ceiling (useful flops at GEMM rate)",
+            [n * g / flops for n, g in zip(naive_s, gemm)],
+            "x",
+        ),
         ("loop of 1x1 pairwise_similarity", library_s, "s scaled to N x N"),
         ("speed-up over that loop", [n / t for n, t in zip(library_s, score_s)], "x"),
     ]
