@@ -91,6 +91,9 @@ class DataConfig:
     scale_jitter: float = 0.1  # augment: zoom drawn from [1 - j, 1 + j]
     brightness: float = 0.2  # augment: brightness factor drawn from [1 - b, 1 + b]
     contrast: float = 0.2  # augment: contrast factor drawn from [1 - c, 1 + c]
+    # frames batches as uint8 pixels, ImageNet-normalised by the model on its device (4x less
+    # to move than float32; colour change rounded to whole grey levels); false: float32 batches
+    frames_uint8: bool = True
     num_workers: int = 0
     on_bad_sample: BadSample = BadSample.error
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -264,10 +267,10 @@ class StageConfig:
 class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/${now:%Y%m%d-%H%M%S}"
+    runs_root: str = "runs"  # root of the experiment configs' chained run dirs (configs/experiment)
     resume: str = "none"  # none | auto | <checkpoint dir>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    runs_root: str = "runs"  # root of the experiment configs' chained run dirs (configs/experiment)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)

@@ -1,21 +1,40 @@
 """Frame loading speed: PNG files versus the frame cache, through the training transform.
 
-Generates clips of PHOENIX-2014-T shape (210x260 PNG frames; lengths drawn from the real train
-length distribution in ../shared/data/phoenix14t/labels.train) into a temporary folder, builds a
-frame cache of them, then runs the same training DataLoader (train transform, 2 workers, the
-project's Collator) over both sources, alternating rounds so CPU contention hits both alike, and
-prints frames/s side by side with the ratio. Files are read once before timing, so both paths are
-measured from the page cache (CPU cost, not disk).
+What is measured: frames/s delivered by the training DataLoader (train split, random temporal
+offset, random crop + zoom + rotation + brightness/contrast, ``num_workers`` workers, the
+project's Collator, batch ``--batch-size``) to a main process that only counts the frames, as a
+training loop receives them before its ``.to(device)``. The two sources share every step after
+reading (transform, collate, worker -> main hand-off): PNG decode + resize versus slicing the
+memory-mapped cache is the only difference.
+
+How: clips of PHOENIX-2014-T shape (210x260 PNG frames, lengths drawn from the real train length
+distribution in ../shared/data/phoenix14t/labels.train) are generated into a temporary folder and
+converted to a frame cache. One loader per source and batch format, with persistent workers; the
+first epoch of each is an untimed warm-up (worker start-up, page cache: both paths read from
+memory, so this is CPU cost, not disk), then timed epochs alternate between the loaders so CPU
+contention hits all alike; medians are printed side by side with the ratio. Batch formats
+(``data.frames_uint8``): ``uint8`` (default: pixels, normalised later on the model's device, so
+that step is not counted here) and ``float32`` (normalised in the worker). No ``pin_memory``
+(there is no accelerator to pin for); ``prefetch_factor`` is DataLoader's default.
+
+Printed: frames/s (the target's figure); CPU milliseconds per frame of the workers and of the
+main process over the same epochs (``/proc``; on a machine shared with other jobs this moves far
+less than frames/s, whose ratio then also depends on how the scheduler shares the cores); and
+``dataset[i]`` in one process (read + transform, no workers, no collate, no hand-off).
 
     python scripts/bench_frames.py [--clips 32] [--rounds 3] [--workers 2] [--batch-size 2]
+        [--formats uint8,float32]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,22 +115,71 @@ def make_dataset(root: Path, clips: int, seed: int, lengths_from: Path) -> tuple
     return int(sum(r["length"] for r in records.values())), float(np.mean(sizes))
 
 
-def loader_rate(cfg: DataConfig, workers: int, batch_size: int, seed: int) -> float:
-    """frames/s out of the training DataLoader (workers, train transform, Collator)."""
-    dataset = build_split(cfg, "train")
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuClock:
+    """CPU seconds of this process and of a loader's workers, which register their pid.
+
+    Wall-clock frames/s on a shared machine depends on what else runs; CPU seconds per frame
+    mostly does not, so the two are printed together."""
+
+    def __init__(self, workers: int):
+        self.pids = torch.zeros(max(workers, 1), dtype=torch.int64).share_memory_()
+
+    def worker_init(self, worker_id: int) -> None:
+        worker_init_fn(worker_id)
+        self.pids[worker_id] = os.getpid()
+
+    def read(self) -> tuple[float, float]:
+        """(workers, main process) CPU seconds; workers 0 before they started or without /proc."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        workers = 0.0
+        for pid in self.pids.tolist():
+            if pid and Path(f"/proc/{pid}/stat").is_file():
+                workers += process_cpu_seconds(pid)
+        return workers, usage.ru_utime + usage.ru_stime
+
+
+def make_loader(cfg: DataConfig, workers: int, batch_size: int, seed: int) -> DataLoader:
+    """The training DataLoader of a split as the stages build it, with persistent workers."""
+    clock = CpuClock(workers)
     loader = DataLoader(
-        dataset,
+        build_split(cfg, "train"),
         batch_size=batch_size,
         shuffle=True,
         num_workers=workers,
         collate_fn=Collator(LengthOnlyTokenizer()),
-        worker_init_fn=worker_init_fn,
+        worker_init_fn=clock.worker_init,
         generator=loader_generator(seed),
+        persistent_workers=workers > 0,
     )
+    loader.cpu_clock = clock  # type: ignore[attr-defined]
+    return loader
+
+
+@dataclass
+class Epoch:
+    frames_per_s: float
+    worker_ms: float  # worker CPU per frame
+    main_ms: float  # main-process CPU per frame
+
+
+def run_epoch(loader: DataLoader) -> Epoch:
+    """One epoch; the main process only counts frames."""
+    clock: CpuClock = loader.cpu_clock  # type: ignore[attr-defined]
+    workers0, main0 = clock.read()
     start, frames = time.perf_counter(), 0
     for batch in loader:
         frames += int(batch["input_lengths"].sum())
-    return frames / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    workers1, main1 = clock.read()
+    return Epoch(
+        frames / wall, 1e3 * (workers1 - workers0) / frames, 1e3 * (main1 - main0) / frames
+    )
 
 
 def load_rate(cfg: DataConfig, seed: int) -> float:
@@ -124,11 +192,8 @@ def load_rate(cfg: DataConfig, seed: int) -> float:
     return frames / (time.perf_counter() - start)
 
 
-def report(label: str, png_rates: list[float], cache_rates: list[float]) -> None:
-    png, cache = statistics.median(png_rates), statistics.median(cache_rates)
-    print(
-        f"{label}: png {png:7.1f} frames/s | cache {cache:7.1f} frames/s | cache/png {cache / png:.2f}x"
-    )
+def median_of(epochs: list[Epoch], field: str) -> float:
+    return statistics.median(getattr(e, field) for e in epochs)
 
 
 def main() -> None:
@@ -139,10 +204,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--formats", default="uint8,float32",
+        help="batch formats to measure (data.frames_uint8 true / false), comma-separated",
+    )  # fmt: skip
+    parser.add_argument(
         "--lengths-from", type=Path, default=SHARED / "phoenix14t" / "labels.train",
         help="label file whose clip lengths are sampled (default: the real PHOENIX14T train set)",
     )  # fmt: skip
     args = parser.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    if not formats or set(formats) - {"uint8", "float32"}:
+        parser.error(f"--formats: uint8 and/or float32, got {args.formats!r}")
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_frames_") as tmp:
         root = Path(tmp)
@@ -155,40 +227,73 @@ def main() -> None:
             frame_root=str(root / "frames"),
         )
         build_frame_cache(png, root / "cache", splits=("train",), workers=args.workers)
-        cached = DataConfig(**{**png.__dict__, "frame_cache": str(root / "cache")})
-        print(
-            f"{args.clips} clips, {total} frames of {WIDTH}x{HEIGHT} PNG (mean {png_bytes / 1024:.0f} KiB); "
-            f"resize {png.resize} ({png.resize_mode.value}), train crop {png.crop} + augmentation, "
-            f"max_frames {png.max_frames}; {args.workers} workers, batch {args.batch_size}; "
-            f"median of {args.rounds} alternating rounds"
-        )
-        for cfg in (png, cached):  # warm-up: page cache, worker start-up code paths
-            loader_rate(cfg, args.workers, args.batch_size, args.seed)
-        rates: dict[str, list[float]] = {
-            "loader png": [],
-            "loader cache": [],
-            "load png": [],
-            "load cache": [],
+        configs = {
+            (source, fmt): DataConfig(
+                **{
+                    **png.__dict__,
+                    "frame_cache": str(root / "cache") if source == "cache" else None,
+                    "frames_uint8": fmt == "uint8",
+                }
+            )
+            for fmt in formats
+            for source in ("png", "cache")
         }
+        print(
+            f"{args.clips} clips, {total} frames of {WIDTH}x{HEIGHT} PNG "
+            f"(mean {png_bytes / 1024:.0f} KiB); resize {png.resize} ({png.resize_mode.value}), "
+            f"train crop {png.crop} + augmentation, max_frames {png.max_frames}; "
+            f"{args.workers} workers, batch {args.batch_size}; "
+            f"median of {args.rounds} alternating rounds after a warm-up epoch"
+        )
+        loaders = {
+            k: make_loader(c, args.workers, args.batch_size, args.seed) for k, c in configs.items()
+        }
+        for loader in loaders.values():  # warm-up: worker start-up, page cache
+            run_epoch(loader)
+        epochs: dict[tuple[str, str], list[Epoch]] = {k: [] for k in configs}
+        in_process: dict[tuple[str, str], list[float]] = {k: [] for k in configs}
         for r in range(args.rounds):
-            seed = args.seed + r
-            rates["loader png"].append(loader_rate(png, args.workers, args.batch_size, seed))
-            rates["loader cache"].append(loader_rate(cached, args.workers, args.batch_size, seed))
-            rates["load png"].append(load_rate(png, seed))
-            rates["load cache"].append(load_rate(cached, seed))
+            for key, loader in loaders.items():
+                epochs[key].append(run_epoch(loader))
+            for key, cfg in configs.items():
+                in_process[key].append(load_rate(cfg, args.seed + r))
             print(
-                f"round {r}: "
-                + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
+                f"round {r}: loader "
+                + ", ".join(f"{' '.join(k)} {v[-1].frames_per_s:.1f}" for k, v in epochs.items())
+                + "; in-process "
+                + ", ".join(f"{' '.join(k)} {v[-1]:.1f}" for k, v in in_process.items())
                 + " frames/s"
             )
-        report(
-            f"DataLoader, {args.workers} workers (target cache >= 5x png)",
-            rates["loader png"],
-            rates["loader cache"],
-        )
-        report(
-            "dataset[i] in one process, no worker transfer", rates["load png"], rates["load cache"]
-        )
+        del loaders  # stop the persistent workers
+
+        print(f"\nDataLoader, {args.workers} workers, frames/s (target: cache >= 5x png)")
+        for fmt in formats:
+            png_rate = median_of(epochs["png", fmt], "frames_per_s")
+            cache_rate = median_of(epochs["cache", fmt], "frames_per_s")
+            print(
+                f"  {fmt:<8} png {png_rate:7.1f} | cache {cache_rate:7.1f} | "
+                f"cache/png {cache_rate / png_rate:.2f}x"
+            )
+        print("DataLoader CPU ms per frame, workers + main process (less sensitive to contention)")
+        for fmt in formats:
+            cpu = {}
+            for source in ("png", "cache"):
+                worker = median_of(epochs[source, fmt], "worker_ms")
+                main_ms = median_of(epochs[source, fmt], "main_ms")
+                cpu[source] = (worker + main_ms, worker, main_ms)
+            print(
+                f"  {fmt:<8} "
+                + " | ".join(f"{s} {t:.3f} ({w:.3f} + {m:.3f})" for s, (t, w, m) in cpu.items())
+                + f" | png/cache {cpu['png'][0] / cpu['cache'][0]:.2f}x"
+            )
+        print("dataset[i] in one process (read + transform; no collate, no hand-off), frames/s")
+        for fmt in formats:
+            png_rate = statistics.median(in_process["png", fmt])
+            cache_rate = statistics.median(in_process["cache", fmt])
+            print(
+                f"  {fmt:<8} png {png_rate:7.1f} | cache {cache_rate:7.1f} | "
+                f"cache/png {cache_rate / png_rate:.2f}x"
+            )
 
 
 if __name__ == "__main__":

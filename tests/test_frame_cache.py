@@ -45,9 +45,10 @@ def with_cache(cfg: DataConfig, cache) -> DataConfig:
     return DataConfig(**{**cfg.__dict__, "frame_cache": str(cache)})
 
 
-@pytest.mark.parametrize("suffix", [".png", ".jpg"])
-def test_cache_gives_the_same_frames_as_files(tmp_path, suffix):
+@pytest.mark.parametrize("suffix, frames_uint8", [(".png", True), (".jpg", True), (".png", False)])
+def test_cache_gives_the_same_frames_as_files(tmp_path, suffix, frames_uint8):
     cfg = make_dataset(tmp_path, suffix=suffix)
+    cfg.frames_uint8 = frames_uint8
     index = build_frame_cache(cfg, tmp_path / "cache", splits=("train",))
     assert sorted(index["clips"]) == sorted(NAMES) and not index["failed"]
     assert index["clips"]["train/clip-a"] == [9, 24, 24]
@@ -60,6 +61,7 @@ def test_cache_gives_the_same_frames_as_files(tmp_path, suffix):
     assert [r["length"] for r in cached.records] == [9, 5, 7]
     for i in range(3):
         assert torch.equal(files[i]["inputs"], cached[i]["inputs"])  # evaluation: exactly equal
+    assert files[0]["inputs"].dtype == (torch.uint8 if frames_uint8 else torch.float32)
     files, cached = (
         build_split(cfg, "train"),
         build_split(with_cache(cfg, tmp_path / "cache"), "train"),

@@ -10,17 +10,26 @@ One ``load(record, train)`` of a frame source does, for one clip:
    which stores the frames already resized (``frame_cache.CachedFrameSource``). Resize modes:
    ``square`` (default, as GFSLT-VLP does: every frame to ``resize x resize``, aspect not kept;
    PHOENIX's 210x260 becomes 256x256) or ``short_side`` (shorter side to ``resize``, aspect kept).
-3. **ClipTransform** to float32 ``(T, 3, crop, crop)``: centre crop in evaluation; in training a
-   random crop with zoom (``scale_jitter``) and rotation (``rotate_degrees``) and a brightness /
+3. **ClipTransform** to ``(T, 3, crop, crop)``: centre crop in evaluation; in training a random
+   crop with zoom (``scale_jitter``) and rotation (``rotate_degrees``) and a brightness /
    contrast change, ONE set of parameters per clip so every frame gets the same crop box, angle
    and colour change (motion between frames is the signal; per-frame jitter would add fake
-   motion). Then ImageNet normalisation.
+   motion). Then ImageNet normalisation, in one of two places (``data.frames_uint8``):
+
+   - ``true`` (default): the transform returns **uint8 pixels** (colour change rounded to whole
+     grey levels) and the model normalises them on its device (``normalise_frames``, called by
+     the sign embedding). A frame crosses the worker -> main process hand-off (shared memory),
+     the host -> device copy and a pinned-memory copy as 150 KB instead of 600 KB of float32,
+     which is what limits a fast loader. The network input equals the float path's within half
+     a grey level (``|diff| <= 0.5 / (255 * std_c)``, about 0.009; exactly equal in evaluation).
+   - ``false``: the transform returns normalised float32 (colour change not rounded).
 
 Speed (the loader feeds a ResNet-18 with up to 300 frames per clip): the whole geometric part is a
 single nearest-neighbour gather through one index map shared by all frames and channels (a pure
 crop when zoom is 1 and the angle 0, exactly the evaluation crop), pixels outside the frame repeat
-the border; colour change, clamp and normalisation fold into one multiply-add per channel and one
-clip. Both run in numpy on uint8 input, so the cache path does no decoding and no float resize.
+the border. The uint8 colour change is one 256-entry table looked up in place (two pixels per
+lookup); the float path folds colour, clamp and normalisation into one multiply-add per channel.
+Both run in numpy on uint8 input, so the cache path does no decoding and no float resize.
 
 Reproducibility: augmentation draws its parameters from a numpy generator seeded by one draw of
 torch's RNG, which DataLoader seeds per worker from its ``generator``; pass
@@ -96,7 +105,7 @@ def decode_frame(path: Path) -> np.ndarray:
     DataError naming the file."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except FileNotFoundError as e:
         raise DataError(f"frame missing: {path}") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -194,8 +203,60 @@ def source_index_map(params: ClipParams, crop: int, height: int, width: int) -> 
     return (y * width + x).reshape(-1)
 
 
+PAIR_LOOKUP_CHUNK = 1 << 18  # pixel pairs per lookup call: index temporaries stay in cache
+
+
+def lookup_in_place(pixels: np.ndarray, table: np.ndarray) -> None:
+    """``pixels[...] = table[pixels]`` for a C-contiguous uint8 array and a uint8 (256,) table.
+
+    numpy's ``take`` converts every index to a 64-bit integer first, which costs more than the
+    lookup itself; looking up pixel PAIRS in a 65,536-entry table (both bytes mapped through
+    ``table``, so byte order does not matter) halves those conversions."""
+    if pixels.dtype != np.uint8 or not pixels.flags.c_contiguous or not pixels.flags.writeable:
+        raise ValueError("lookup_in_place needs a writeable C-contiguous uint8 array")
+    flat = pixels.reshape(-1)  # a view, written through
+    even = flat.size - flat.size % 2
+    pairs = np.arange(65536)
+    pair_table = table[pairs & 255].astype(np.uint16) | (table[pairs >> 8].astype(np.uint16) << 8)
+    packed = flat[:even].view(np.uint16)
+    scratch = np.empty(min(packed.size, PAIR_LOOKUP_CHUNK), dtype=np.uint16)
+    for start in range(0, packed.size, PAIR_LOOKUP_CHUNK):
+        part = packed[start : start + PAIR_LOOKUP_CHUNK]
+        # "wrap": no bounds errors to raise (every uint16 is a valid index), so take writes
+        # straight into ``scratch`` instead of into a temporary copy of it
+        np.take(pair_table, part, out=scratch[: part.size], mode="wrap")
+        part[...] = scratch[: part.size]
+    if even < flat.size:
+        flat[-1] = table[flat[-1]]
+
+
+# float32 per-channel gain and bias: normalised = pixel * gain + bias
+_STD = np.asarray(IMAGENET_STD, dtype=np.float64)
+_GAIN = 1.0 / (255.0 * _STD)
+_BIAS = -np.asarray(IMAGENET_MEAN, dtype=np.float64) / _STD
+
+
+def normalise_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., 3, H, W) -> float32 ImageNet-normalised, on the frames' device.
+
+    The ``data.frames_uint8`` batch's last step, done by the model (``SignEmbedding``). Same
+    float32 arithmetic as ``ClipTransform`` without colour change (one multiply, one add), so
+    evaluation inputs are identical whichever side normalises."""
+    if frames.dtype != torch.uint8 or frames.dim() < 3 or frames.shape[-3] != 3:
+        raise ValueError(
+            f"expected uint8 (..., 3, H, W) frames, got {frames.dtype} {tuple(frames.shape)}"
+        )
+    gain = torch.tensor(_GAIN, dtype=torch.float32).view(3, 1, 1).to(frames.device)
+    bias = torch.tensor(_BIAS, dtype=torch.float32).view(3, 1, 1).to(frames.device)
+    return frames.to(torch.float32).mul_(gain).add_(bias)  # (..., 3, H, W)
+
+
 class ClipTransform:
-    """uint8 (T, 3, H, W) -> float32 (T, 3, crop, crop): crop, augmentation, normalisation."""
+    """uint8 (T, 3, H, W) -> (T, 3, crop, crop): crop and augmentation, then uint8 pixels
+    (``uint8_output``; ``normalise_frames`` finishes them on the device) or normalised float32.
+
+    ``uint8_output`` rounds the colour change to whole grey levels (the float output does not);
+    the config default, ``data.frames_uint8``, is true."""
 
     def __init__(
         self,
@@ -205,6 +266,7 @@ class ClipTransform:
         scale_jitter: float = 0.1,
         brightness: float = 0.2,
         contrast: float = 0.2,
+        uint8_output: bool = False,
     ):
         if crop <= 0:
             raise ConfigError(f"data.crop: must be positive, got {crop}")
@@ -222,10 +284,8 @@ class ClipTransform:
         self.scale_jitter = scale_jitter
         self.brightness = brightness
         self.contrast = contrast
-        std = np.asarray(IMAGENET_STD, dtype=np.float64)
-        self._gain = 1.0 / (255.0 * std)  # pixel value -> normalised units
-        self._bias = -np.asarray(IMAGENET_MEAN, dtype=np.float64) / std
-        self._low, self._high = self._bias, self._bias + 255.0 * self._gain  # pixel 0 and 255
+        self.uint8_output = uint8_output
+        self._low, self._high = _BIAS, _BIAS + 255.0 * _GAIN  # pixel 0 and 255, normalised
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> ClipTransform:
@@ -236,6 +296,7 @@ class ClipTransform:
             scale_jitter=cfg.scale_jitter,
             brightness=cfg.brightness,
             contrast=cfg.contrast,
+            uint8_output=cfg.frames_uint8,
         )
 
     def check_size(self, height: int, width: int) -> None:
@@ -279,25 +340,52 @@ class ClipTransform:
             if rng is None
             else self.sample_params(rng, height, width)
         )
-        return self.apply(clip, params)
+        return self.pixels(clip, params) if self.uint8_output else self.apply(clip, params)
 
-    def apply(self, clip: np.ndarray, params: ClipParams) -> torch.Tensor:
+    def is_view(self, params: ClipParams) -> bool:
+        """Whether ``geometry`` is a plain crop, returned as a view of the source clip."""
+        return params.is_plain_crop and params.size == self.crop
+
+    def geometry(self, clip: np.ndarray, params: ClipParams) -> np.ndarray:
+        """uint8 (T, 3, crop, crop): the crop box resampled; a view of ``clip`` for a plain crop."""
         t, _, height, width = clip.shape
         c = self.crop
-        if params.is_plain_crop and params.size == c:
+        if self.is_view(params):
             top, left = int(params.top), int(params.left)
-            pixels = clip[:, :, top : top + c, left : left + c]  # (T, 3, c, c) view
-        else:
-            index = source_index_map(params, c, height, width)
-            flat = np.ascontiguousarray(clip).reshape(t * 3, height * width)
-            pixels = np.take(flat, index, axis=1).reshape(t, 3, c, c)
-        # colour: x -> clamp(a * x + d, 0, 255) with a = b * k, d = (1 - k) * b * mean_grey, then
-        # (x / 255 - mean) / std; folded into one multiply-add per channel (+ one clamp).
+            return clip[:, :, top : top + c, left : left + c]
+        index = source_index_map(params, c, height, width)
+        flat = np.ascontiguousarray(clip).reshape(t * 3, height * width)
+        return np.take(flat, index, axis=1, mode="wrap").reshape(t, 3, c, c)  # in range: clamped
+
+    def colour(self, params: ClipParams, pixels: np.ndarray) -> tuple[float, float]:
+        """(a, d) of the colour change ``x -> clamp(a * x + d, 0, 255)`` on pixel values.
+
+        Brightness b and contrast k: ``a = b * k``, ``d = (1 - k) * b * mean_grey``, i.e. contrast
+        pivots around the clip's mean grey level after the brightness change."""
         a, d = params.brightness * params.contrast, 0.0
         if params.contrast != 1.0:
             d = (1.0 - params.contrast) * params.brightness * self._mean_grey(pixels)
-        gain = (a * self._gain).astype(np.float32).reshape(1, 3, 1, 1)
-        bias = (d * self._gain + self._bias).astype(np.float32).reshape(1, 3, 1, 1)
+        return a, d
+
+    def pixels(self, clip: np.ndarray, params: ClipParams) -> torch.Tensor:
+        """uint8 (T, 3, crop, crop): geometry, then the colour change rounded to grey levels."""
+        out = self.geometry(clip, params)
+        a, d = self.colour(params, out)
+        if self.is_view(params):  # a view of the (maybe memory-mapped) source: never write it
+            out = np.array(out, order="C")
+        if a != 1.0 or d != 0.0:
+            table = np.clip(np.rint(a * np.arange(256) + d), 0, 255).astype(np.uint8)
+            lookup_in_place(out, table)
+        return torch.from_numpy(out)
+
+    def apply(self, clip: np.ndarray, params: ClipParams) -> torch.Tensor:
+        """float32 (T, 3, crop, crop): geometry, colour change and normalisation in float."""
+        pixels = self.geometry(clip, params)
+        t, c = pixels.shape[0], self.crop
+        # colour then (x / 255 - mean) / std, folded into one multiply-add per channel (+ clamp)
+        a, d = self.colour(params, pixels)
+        gain = (a * _GAIN).astype(np.float32).reshape(1, 3, 1, 1)
+        bias = (d * _GAIN + _BIAS).astype(np.float32).reshape(1, 3, 1, 1)
         out = np.empty((t, 3, c, c), dtype=np.float32)
         np.multiply(pixels, gain, out=out)
         np.add(out, bias, out=out)
@@ -310,7 +398,8 @@ class ClipTransform:
     @staticmethod
     def _mean_grey(pixels: np.ndarray) -> float:
         """Mean luma of a clip, estimated on every 4th pixel (contrast pivots around it)."""
-        rgb = pixels[:, :, ::4, ::4].mean(axis=(0, 2, 3), dtype=np.float64)
+        sample = pixels[:, :, ::4, ::4].transpose(1, 0, 2, 3).reshape(3, -1)  # (3, N) copy
+        rgb = sample.sum(axis=1, dtype=np.int64) / sample.shape[1]
         return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
 
 
@@ -368,7 +457,8 @@ class FolderFrameSource:
         return resize_clip(clip, self.resize, self.resize_mode).numpy()
 
     def load(self, record: dict[str, Any], train: bool) -> torch.Tensor:
-        """float32 (T, 3, crop, crop); random only when both the source and the call are train."""
+        """(T, 3, crop, crop) uint8 pixels or normalised float32 (``data.frames_uint8``); random
+        only when both the source and the call are train."""
         rng = clip_rng(train and self.train)
         paths = self.frame_paths(record)
         indices = temporal_indices(len(paths), self.max_frames, rng)

@@ -4,7 +4,8 @@
 the encoder width. Variable-length batches are exact: padded steps are zeroed before every
 convolution and every pooling, batch norm takes its statistics from valid steps only, and
 pooling rounds up (`ceil`), so a sample's outputs do not depend on how much padding it was given
-and a clip of 1..3 frames still yields one token.
+and a clip of 1..3 frames still yields one token. Frames come as uint8 pixels
+(`data.frames_uint8`, ImageNet-normalised here on the model's device) or normalised float32.
 
 ImageNet weights are never downloaded: `resnet18_weights` reads them from the local torch hub
 cache or a given file and says where to put the file when it is missing.
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Modality, SignEmbeddingConfig
+from ..data.frames import normalise_frames
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,10 @@ class SignEmbedding(nn.Module):
                 raise ValueError(
                     f"frames modality expects (B, T, 3, H, W), got {tuple(inputs.shape)}"
                 )
+            if inputs.dtype != torch.uint8 and not inputs.is_floating_point():
+                raise ValueError(
+                    f"frames modality expects uint8 pixels or normalised floats, got {inputs.dtype}"
+                )
         elif inputs.dim() != 3 or inputs.shape[2] != self.feature_dim:
             raise ValueError(
                 f"features modality expects (B, T, {self.feature_dim}) "
@@ -195,10 +201,13 @@ class SignEmbedding(nn.Module):
 
     def per_frame(self, inputs: Tensor, mask: Tensor) -> Tensor:
         """Per-frame vectors (B, T, C); ResNet sees valid frames only (no compute, no BN stats
-        on padding)."""
+        on padding). uint8 frames (`data.frames_uint8`) are ImageNet-normalised here, on the
+        inputs' device, after padding is dropped."""
         if self.backbone is None:
             return inputs
         frames = inputs[mask]  # (N_valid, 3, H, W)
+        if frames.dtype == torch.uint8:
+            frames = normalise_frames(frames)  # (N_valid, 3, H, W) float32
         feats = self.backbone(frames)  # (N_valid, 512)
         out = feats.new_zeros(*mask.shape, feats.shape[-1])  # (B, T, 512)
         out[mask] = feats
