@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.07)
     parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS)
     parser.add_argument("--subword", type=float, default=1.3, help="subword tokens per word")
-    parser.add_argument("--naive-pairs", type=int, default=2000, help="pairs timed naively")
+    parser.add_argument("--naive-pairs", type=int, default=20000, help="pairs timed naively")
     parser.add_argument("--block-elements", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
