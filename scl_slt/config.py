@@ -260,7 +260,7 @@ class StageConfig:
     init_from: Optional[str] = None  # stage-1 run dir or checkpoint dir (stage 2)
     log_every: int = 10
     max_steps: Optional[int] = None  # stop early (smoke tests)
-    sync_batchnorm: bool = False  # multi-GPU on CUDA: ResNet BatchNorm over the global batch
+    sync_batchnorm: bool = False  # global-batch BN: temporal BN on any backend, ResNet's on CUDA
 
 
 @dataclass

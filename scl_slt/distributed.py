@@ -122,6 +122,35 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks of the default process group whose backward is the same sum.
+
+    Every rank's loss depends on the reduced value, so the gradient of the sum of all ranks'
+    losses with respect to one rank's input is the sum over ranks of the output gradients.
+    Equivalent to `torch.distributed.nn.functional.all_reduce`, which recent torch deprecates
+    with a warning on every call.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks of the default process group, differentiable: the
+    gradient reaching each rank's input is the sum over ranks of the output gradients (what
+    synchronised batch statistics need)."""
+    return _AllReduceSum.apply(tensor)
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """(W, *shape) stack of every rank's tensor (same shape on all ranks); gradients flow back
     to each rank's own input as the sum over ranks of the gradients of its slice. One process:

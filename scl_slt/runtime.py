@@ -19,6 +19,7 @@ import torch
 
 from . import distributed as dist_utils
 from .config import ConfigError
+from .models.sign_embedding import MaskedBatchNorm1d
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 
 
 def _sync_plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """Plain BatchNorm layers -> SyncBatchNorm. Subclasses with their own forward (the masked
-    temporal BatchNorm takes a mask) are left alone: they keep per-rank statistics."""
+    """Plain BatchNorm layers -> torch's SyncBatchNorm (CUDA only). Subclasses with their own
+    forward (the masked temporal BatchNorm takes a mask) are left to `_sync_masked_batchnorm`."""
     plain = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
     for name, child in module.named_children():
         if type(child) in plain:
@@ -99,6 +100,14 @@ def _sync_plain_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
         else:
             _sync_plain_batchnorm(child)
     return module
+
+
+def _sync_masked_batchnorm(module: torch.nn.Module) -> int:
+    """Turn on cross-rank statistics in every masked temporal BatchNorm; returns how many."""
+    layers = [m for m in module.modules() if isinstance(m, MaskedBatchNorm1d)]
+    for layer in layers:
+        layer.sync_across_ranks = True
+    return len(layers)
 
 
 def wrap_for_training(
@@ -110,9 +119,14 @@ def wrap_for_training(
     """DDP around ``model`` when running distributed (the model itself otherwise).
 
     BatchNorm statistics are per rank by default (each GPU normalises over its share of the
-    batch). ``sync_batchnorm`` on CUDA turns plain BatchNorm layers (the ResNet-18's) into
-    SyncBatchNorm; gloo/CPU has no SyncBatchNorm.
+    batch). ``sync_batchnorm`` takes them over the global batch instead: the masked temporal
+    BatchNorm layers synchronise on any backend (our own collectives; they do so only while a
+    process group is initialised, so the flag is harmless in one process), and the ResNet-18's
+    plain BatchNorm becomes torch's SyncBatchNorm on CUDA only (it has no gloo/CPU kernel).
     """
+    if sync_batchnorm:
+        synced = _sync_masked_batchnorm(model)
+        log.debug("sync_batchnorm: %d masked temporal BatchNorm layers synchronised", synced)
     if not runtime.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel

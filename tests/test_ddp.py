@@ -3,10 +3,10 @@ stage 2 from it (with gradient accumulation, so DDP's no_sync path runs too). Ch
 global batch are disjoint and together form the batch that one process draws, and the result
 equals one process training on the whole global batch.
 
-Exactness conditions of the comparison: dropout 0 in both runs; and the temporal BatchNorm is
-replaced, in both runs, by the same masked identity, because BatchNorm statistics are per rank
-by design (SyncBatchNorm exists only on CUDA) and would legitimately differ from one process's.
-Tolerance: max |w_ddp - w_single| <= 5e-6 per weight (float32, different summation order in the
+Exactness conditions of the comparison: dropout 0 in both runs, and ``stage.sync_batchnorm=true``
+so the temporal (masked) BatchNorm takes its statistics over the global batch, on gloo too
+(tests/test_sync_masked_bn.py checks the layer on its own; without it the runs differ from the
+first step). Tolerance: max |w_ddp - w_single| <= 5e-6 per weight (float32, different summation order in the
 gathers and the gradient all-reduce); the measured maximum was 3.3e-8.
 """
 
@@ -22,24 +22,16 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 from conftest import TINY_OVERRIDES, compose_train
-from torch import Tensor, nn
+from torch import nn
 
 from scl_slt.checkpoint import load_weights
 from scl_slt.config import validate_train
 from scl_slt.data.datasets import build_split
-from scl_slt.models import builder
 from scl_slt.stages import contrastive, translate
 from scl_slt.train import run_stage
 
 WORLD = 2
 TOLERANCE = 5e-6
-
-
-class MaskedIdentity(nn.Module):
-    """Stands in for MaskedBatchNorm1d: keeps padding at zero, no batch statistics."""
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x (B, C, T), mask (B, T)
-        return x * mask[:, None, :].to(x.dtype)
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -51,16 +43,7 @@ def _fingerprint(model: nn.Module) -> str:
 
 def _instrument(set_attr, records: list, dump_dir: Path, rank: int) -> None:
     """Record each forward's sample indices, loss and the weights it saw; dump every rank's
-    weights at each checkpoint; swap the temporal BatchNorm (see the module docstring)."""
-    original_build = builder.build_model
-
-    def build_without_batch_stats(*args, **kwargs):
-        model = original_build(*args, **kwargs)
-        for block in model.sign_embedding.blocks:
-            block.bn = MaskedIdentity()
-        return model
-
-    set_attr(builder, "build_model", build_without_batch_stats)
+    weights at each checkpoint."""
     for module in (contrastive, translate):
         stage = module.__name__.rsplit(".", 1)[-1]
 
@@ -90,6 +73,7 @@ def _stage_overrides(root: Path, cache: Path, scores: Path) -> list[list[str]]:
         f"data.synthetic.cache_dir={cache}",
         "model.dropout=0.0",
         "stage.epochs=1",
+        "stage.sync_batchnorm=true",
     ]
     stage1 = [
         *base,

@@ -18,11 +18,13 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Modality, SignEmbeddingConfig
 from ..data.frames import normalise_frames
+from ..distributed import all_reduce_sum_with_grad
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,15 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     Same parameters and buffers as `nn.BatchNorm1d` (so state dicts interchange); padded steps
     come out as zeros. Normalising the (N_valid, C) matrix of valid steps is exactly what a
     plain BatchNorm1d would do on the concatenation of the unpadded clips.
+
+    `sync_across_ranks` (a plain attribute, not in the state dict; set by
+    `runtime.wrap_for_training(sync_batchnorm=True)`) makes training-mode statistics those of the
+    valid steps of every rank of the process group, so a multi-GPU run normalises as one process
+    would on the global batch. Gradients cross ranks as with torch's SyncBatchNorm. Without a
+    process group, and in eval mode, it changes nothing.
     """
+
+    sync_across_ranks: bool = False
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x (B, C, T), mask (B, T)
         valid = x.transpose(1, 2)[mask]  # (N_valid, C)
@@ -58,19 +68,55 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
             factor = (
                 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             )
-        normed = F.batch_norm(
-            valid,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.training or not self.track_running_stats,
-            factor,
-            self.eps,
-        )  # (N_valid, C)
+        if self._syncs_now():
+            normed = self._synced_batch_norm(valid, factor)  # (N_valid, C)
+        else:
+            normed = F.batch_norm(
+                valid,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.training or not self.track_running_stats,
+                factor,
+                self.eps,
+            )  # (N_valid, C)
         out = x.new_zeros(x.shape[0], x.shape[2], x.shape[1])  # (B, T, C)
         out[mask] = normed.to(out.dtype)
         return out.transpose(1, 2)  # (B, C, T)
+
+    def _syncs_now(self) -> bool:
+        """Statistics cross ranks in training, with the flag set, inside a process group."""
+        in_group = dist.is_available() and dist.is_initialized()
+        return self.training and self.sync_across_ranks and in_group
+
+    def _synced_batch_norm(self, valid: Tensor, factor: float) -> Tensor:
+        """Normalise this rank's valid steps with the statistics of all ranks' valid steps.
+
+        Two passes (global mean, then the global sum of squares about it) keep the variance
+        accurate when the mean is large against the spread. A rank without valid steps still
+        takes part in both collectives. Statistics in float32 whatever the autocast dtype.
+        """
+        local = valid.float()  # (N_local, C)
+        count = local.new_tensor([local.shape[0]])  # (1,)
+        sums = all_reduce_sum_with_grad(torch.cat([local.sum(0), count]))  # (C + 1,)
+        total = int(sums[-1].item())  # host sync: for the size check and the unbiased factor
+        if total < 2:
+            raise ValueError(
+                f"MaskedBatchNorm1d: expected more than 1 valid step over all ranks when "
+                f"training, got {total}"
+            )
+        mean = sums[:-1] / total  # (C,)
+        centred = local - mean  # (N_local, C)
+        var = all_reduce_sum_with_grad((centred * centred).sum(0)) / total  # (C,) biased
+        normed = centred * torch.rsqrt(var + self.eps)  # (N_local, C)
+        if self.affine:
+            normed = normed * self.weight + self.bias
+        if self.track_running_stats:
+            with torch.no_grad():  # running variance unbiased over the global count
+                self.running_mean.mul_(1.0 - factor).add_(mean, alpha=factor)
+                self.running_var.mul_(1.0 - factor).add_(var * total / (total - 1), alpha=factor)
+        return normed
 
 
 class TemporalBlock(nn.Module):
