@@ -234,11 +234,15 @@ def _open_output(out, shape: tuple[int, int], out_dtype) -> np.ndarray:
 
 
 def default_block_elements(device: torch.device | str) -> int:
-    """Frame x token products per block: 2 MB fp32 on CPU (the working pair of buffers stays
-    near the L2/L3 caches; with scripts/bench_all_pairs.py on a 2-core x86 host, 2^19 took
-    117.6 s for PHOENIX14T train against 123.3 s for 2^20, and 2^21 was slower still), 256 MB
-    on CUDA."""
-    return 2**26 if torch.device(device).type == "cuda" else 2**19
+    """Frame x token products per block: 4 MB fp32 on CPU (the working pair of buffers stays
+    near the L2/L3 caches), 256 MB on CUDA.
+
+    The blocking decides the summation order, so another size changes the last bits of the
+    scores (and, through fp16 pair scores, a curriculum's picks): results recorded with this
+    default reproduce only with it. On a 2-core x86 host 2^19 was 5 % faster at PHOENIX14T train
+    scale (scripts/bench_all_pairs.py: 117.6 s against 123.3 s); pass ``block_elements`` for it.
+    """
+    return 2**26 if torch.device(device).type == "cuda" else 2**20
 
 
 def padded_products(
@@ -268,7 +272,7 @@ def score_all_pairs(
 
     `device` (default CPU) and `dtype` (default fp32 on CPU, bf16 on CUDA) set where and in what
     precision the products are taken; reductions are fp32. `block_elements` bounds the frame x
-    token products per block (default 2^19 on CPU, 2^26 on CUDA). `out`: a `.npy` path (created
+    token products per block (default 2^20 on CPU, 2^26 on CUDA). `out`: a `.npy` path (created
     as a memory map), or an existing (Nv, Nt) array (e.g. an `open_memmap`), written in place and
     returned; `out_dtype` is the dtype of a newly created result. `workers`: CPU threads, each
     scoring its own row blocks (default: torch's intra-op thread count; 1 on CUDA).
