@@ -9,26 +9,13 @@ report reads ``config.yaml``, ``eval/<checkpoint>/<split>/metrics.json`` (writte
 ``trajectory/summary.json`` (reference runs). A run whose metrics are missing or unreadable is
 listed, with the reason, under "Skipped runs" and left out of the tables; the report goes on.
 
-Rows of the component table (``classify_component``), from the run's config:
-
-- ``stage=translate`` without ``stage.init_from``: **baseline end-to-end**;
-- ``stage=translate`` from a stage-1 run: **CL-SLT** if that run's selection is ``random``,
-  **SCL-SLT** if it is ``trajectory`` (another strategy S gives the extra row "S, then translate");
-  the stage-1 run's ``config.yaml`` is found through ``stage.init_from`` (a run or checkpoint
-  directory; a moved tree is searched next to the run, see ``locate_recorded``);
-- ``stage=contrastive`` (one stage, evaluated directly): **w/ CL** for random batches (a tracked
-  reference run too), **w/ SCL** for ``selection=trajectory``, "w/ S" for another strategy S.
-
-The SCL setting of a selective run (or of the stage-1 run of a two-stage one) is its
-``selection.schedule``; its trajectory interval, i.e. the ``tracker.interval`` of the reference run
-that wrote ``selection.pair_scores`` (else the spacing of the snapshot epochs in
-``pair_scores.json``); and ``model.similarity.method``. The w/ SCL and SCL-SLT rows hold the runs of
-one setting (``main_setting``: the paper's log / 5 / cico if present, else the most common);
-runs of another setting get rows of their own ("w/ SCL (schedule hard_only)").
-``<run_dir>/report.json`` holding ``{"report_row": "<row>"}`` overrides the row (e.g. for a run
-whose stage-1 directory is gone). Ablation tables are built from the one-stage selective runs: a
-table holds the runs that agree on the two other factors (named in its title) and is written
-when they differ in its own factor.
+How each run is classified (component row, SCL setting) is ``report_runs.py``'s docstring. The
+w/ SCL and SCL-SLT rows hold the runs of one setting (``main_setting``: the paper's log / 5 / cico
+if present, else the most common); runs of another setting get rows of their own ("w/ SCL
+(schedule hard_only)"). Ablation tables are built from the one-stage selective runs: a table holds
+the runs that agree on the two other factors (named in its title) and is written when they
+differ in its own factor. The negative-selection strategy table (stage-1 retrieval and SDR
+beside BLEU-4 after each stage) is ``report_strategies.py``'s.
 
 Runs sharing a row (seeds) are shown as mean ± sample standard deviation (n - 1), with n and the
 seeds. The paper's test numbers (method.md §7) stand beside ours for PHOENIX14T and CSL-Daily.
@@ -44,33 +31,38 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import logging
-import math
 import os
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .report_runs import (
+    BASELINE,
+    CL_SLT,
+    COMPONENT_ROWS,
+    METRICS,
+    SCL_SLT,
+    W_CL,
+    W_SCL,
+    ReportError,
+    Run,
+    _get,
+    find_run_dirs,
+    load_run,
+    pipeline_timings,
+)
 
 log = logging.getLogger(__name__)
 
-METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l")
 METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4"}
 METRIC_NAMES["rouge_l"] = "ROUGE-L"
 CATEGORIES = ("H->L", "H->H", "L->H", "L->L")
 DATASET_ORDER = ("phoenix14t", "csl_daily")
-REPORT_FILE = "report.json"
-BASELINE, W_CL, W_SCL = "baseline end-to-end", "w/ CL", "w/ SCL"
-CL_SLT, SCL_SLT = "CL-SLT", "SCL-SLT"
-COMPONENT_ROWS = (BASELINE, W_CL, W_SCL, CL_SLT, SCL_SLT)
-ONE_STAGE_ROWS = {"random": W_CL, "trajectory": W_SCL}  # by the run's selection.name
-TWO_STAGE_ROWS = {"random": CL_SLT, "trajectory": SCL_SLT}  # by its stage-1 run's
 
 # ------------------------------------------------------------------- the paper (method.md §7)
 # Component table, test scores: (PHOENIX14T ROUGE-L, BLEU-4, CSL-Daily ROUGE-L, BLEU-4).
@@ -117,240 +109,6 @@ ABLATIONS = (
 )
 FACTORS = tuple(a.factor for a in ABLATIONS)
 PAPER_SETTING = tuple(a.paper_setting for a in ABLATIONS)
-
-
-class ReportError(ValueError):
-    """Bad command-line input (a path that does not exist, no run found)."""
-
-
-# ----------------------------------------------------------------------------------- runs
-@dataclass
-class Run:
-    """What the report knows about one run directory."""
-
-    path: Path
-    config: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "?"
-    seed: int | None = None
-    row: str | None = None  # component-table row; None: unclassified
-    labelled: bool = False  # the row came from report.json
-    # SCL setting (schedule, interval, pooling) of a selective run or of its stage-1 run.
-    factors: dict[str, str] = field(default_factory=dict)
-    pooling: str | None = None  # similarity of the run's (or its stage-1 run's) contrastive stage
-    metrics: dict[str, float] | None = None  # the evaluated split's scores
-    alignment: dict[str, float] | None = None  # retrieval / SDR of a stage-1 checkpoint
-    stage1: Path | None = None  # the run stage.init_from names (two-stage runs)
-    problem: str | None = None  # why the run is not in the tables
-
-
-def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = config
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    return node
-
-
-def locate_recorded(recorded: str, run_dir: Path) -> Path | None:
-    """A path recorded in a run's config as it can be found now.
-
-    Tried in order: as recorded (absolute, or relative to the current directory), then its last
-    one, two or three components next to the run directory (``<run_dir>/../``), which finds the
-    sibling runs of a pipeline or sweep folder that was moved or copied. None if nowhere.
-    """
-    path = Path(recorded).expanduser()
-    if path.exists():
-        return path
-    parts = path.parts
-    for k in range(1, min(3, len(parts)) + 1):
-        candidate = run_dir.parent.joinpath(*parts[-k:])
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data
-
-
-def stage1_run_dir(init_from: str, run_dir: Path) -> Path | None:
-    """The stage-1 run directory ``stage.init_from`` (a run or checkpoint dir) names."""
-    found = locate_recorded(init_from, run_dir)
-    if found is None:
-        return None
-    for folder in (found, found.parent.parent):  # a run dir, or <run>/checkpoints/<tag>
-        if (folder / "config.yaml").is_file():
-            return folder
-    return None
-
-
-def classify_component(config: dict[str, Any], init_config: dict[str, Any] | None) -> str | None:
-    """The component-table row of a run from its config (see the module docstring).
-
-    ``init_config`` is the config of the run ``stage.init_from`` points to (None if there is no
-    ``init_from`` or it cannot be found). Returns None for a two-stage run whose stage-1 config
-    is unknown.
-    """
-    if _get(config, "stage.name", "contrastive") == "translate":
-        if not _get(config, "stage.init_from"):
-            return BASELINE
-        if init_config is None:
-            return None
-        selection = _get(init_config, "selection.name", "random")
-        return TWO_STAGE_ROWS.get(selection, f"{selection}, then translate")
-    selection = _get(config, "selection.name", "random")
-    return ONE_STAGE_ROWS.get(selection, f"w/ {selection}")
-
-
-def trajectory_interval(config: dict[str, Any], run_dir: Path) -> str:
-    """Epochs between the snapshots behind ``selection.pair_scores``; "?" when unknown."""
-    recorded = _get(config, "selection.pair_scores")
-    pair_scores = locate_recorded(recorded, run_dir) if recorded else None
-    if pair_scores is None:
-        return "?"
-    reference_config = pair_scores.parent / "config.yaml"
-    if reference_config.is_file():
-        interval = _get(_read_yaml(reference_config), "tracker.interval")
-        if interval is not None:
-            return str(int(interval))
-    info = pair_scores.with_suffix(".json")
-    if info.is_file():
-        epochs = sorted(s["epoch"] for s in json.loads(info.read_text()).get("snapshots", []))
-        steps = [b - a for a, b in zip(epochs, epochs[1:]) if b > a]
-        if steps:
-            return str(min(steps))
-    return "?"
-
-
-def scl_factors(config: dict[str, Any], run_dir: Path) -> dict[str, str]:
-    """Schedule, trajectory interval and pooling of a ``selection=trajectory`` run."""
-    return {
-        "schedule": str(_get(config, "selection.schedule", "log")),
-        "interval": trajectory_interval(config, run_dir),
-        "pooling": str(_get(config, "model.similarity.method", "cico")),
-    }
-
-
-def read_alignment(path: Path) -> dict[str, float] | None:
-    """The numeric ``alignment`` entries (retrieval R@K / ranks, SDR) of an evaluation
-    ``metrics.json``; None when it has none (a stage-2 checkpoint has no text branch)."""
-    record = json.loads(path.read_text())
-    found = record.get("alignment") if isinstance(record, dict) else None
-    if not isinstance(found, dict):
-        return None
-    return {
-        k: float(v)
-        for k, v in found.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-    }
-
-
-def read_eval_metrics(path: Path) -> dict[str, float]:
-    """BLEU-1..4 and ROUGE-L of an evaluation ``metrics.json``; ValueError names file and key."""
-    record = json.loads(path.read_text())
-    scores = record.get("metrics") if isinstance(record, dict) else None
-    if not isinstance(scores, dict):
-        raise ValueError(f"{path}: no 'metrics' mapping")
-    out = {}
-    for key in METRICS:
-        value = scores.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-            raise ValueError(f"{path}: metrics.{key} missing or not a number ({value!r})")
-        out[key] = float(value)
-    return out
-
-
-def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
-    """Read one run directory; problems are recorded in ``Run.problem``, never raised."""
-    run = Run(path=path)
-    try:
-        run.config = _read_yaml(path / "config.yaml")
-        run.dataset = str(_get(run.config, "data.name", "?"))
-        seed = _get(run.config, "seed")
-        run.seed = int(seed) if seed is not None else None
-        init_from = _get(run.config, "stage.init_from")
-        init_dir = stage1_run_dir(init_from, path) if init_from else None
-        init_config = _read_yaml(init_dir / "config.yaml") if init_dir else None
-        run.stage1 = init_dir
-        run.row = classify_component(run.config, init_config)
-        override = path / REPORT_FILE
-        if override.is_file():
-            labels = json.loads(override.read_text())
-            if not isinstance(labels, dict):
-                raise ValueError(f"{override}: expected a JSON object with report_row")
-            row = labels.get("report_row")
-            if row is not None:
-                if not isinstance(row, str) or not row:
-                    raise ValueError(f"{override}: report_row must be a non-empty string")
-                run.row, run.labelled = row, True
-        if run.row is None:
-            run.problem = (
-                f"stage.init_from={init_from} has no stage-1 config.yaml to classify the run "
-                f"(give its row in {path / REPORT_FILE} as report_row)"
-            )
-        contrastive = run.config if _get(run.config, "stage.name") == "contrastive" else init_config
-        if contrastive:
-            run.pooling = str(_get(contrastive, "model.similarity.method", "cico"))
-        if _get(run.config, "selection.name") == "trajectory":
-            run.factors = scl_factors(run.config, path)
-        elif init_config and _get(init_config, "selection.name") == "trajectory":
-            run.factors = scl_factors(init_config, init_dir)
-        metrics_path = path / "eval" / checkpoint / split / "metrics.json"
-        if not metrics_path.is_file():
-            run.problem = run.problem or f"no {split} metrics: {metrics_path} is missing"
-        else:
-            run.metrics = read_eval_metrics(metrics_path)
-            run.alignment = read_alignment(metrics_path)
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:  # corrupt files of one run
-        run.problem = f"unreadable: {e}"
-        run.metrics = None
-    return run
-
-
-def find_run_dirs(arguments: Sequence[str]) -> list[Path]:
-    """Run directories (holding ``config.yaml``) named by, or found under, the arguments.
-
-    A path that does not exist, or a glob matching nothing, raises ReportError; so does finding
-    no run at all. Folders are searched recursively; the search stops at a run directory.
-    """
-    found: dict[Path, None] = {}
-    for argument in arguments:
-        pattern = os.path.expanduser(argument)
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise ReportError(f"{argument}: matches no file or directory")
-        for match in matches:
-            root = Path(match)
-            if not root.exists():
-                raise ReportError(f"{argument}: no such directory")
-            if not root.is_dir():
-                continue
-            for folder, subdirs, files in os.walk(root):
-                if "config.yaml" in files:
-                    found[Path(folder)] = None
-                    subdirs.clear()
-                else:
-                    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-    if not found:
-        raise ReportError(f"no run directory (with config.yaml) in {list(arguments)}")
-    return list(found)
-
-
-def pipeline_timings(run_dirs: Iterable[Path]) -> dict[Path, dict[str, float]]:
-    """Step wall times of the pipelines (``pipeline.json`` beside the runs) the runs belong to."""
-    out = {}
-    for folder in sorted({p.parent for p in run_dirs}):
-        state_path = folder / "pipeline.json"
-        if state_path.is_file():
-            try:
-                out[folder] = dict(json.loads(state_path.read_text()).get("_timings", {}))
-            except (OSError, ValueError) as e:
-                log.warning("%s: unreadable (%s)", state_path, e)
-    return out
 
 
 # --------------------------------------------------------------------------------- tables

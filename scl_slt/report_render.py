@@ -13,12 +13,12 @@ from .report import (
     CATEGORIES,
     METRIC_NAMES,
     PAPER_CATEGORIES,
-    Run,
     Table,
     _component_key,
     _dataset_key,
     mean_std,
 )
+from .report_runs import Run
 from .report_strategies import STRATEGY_METRIC_NAMES
 
 COLUMN_NAMES = {**METRIC_NAMES, **STRATEGY_METRIC_NAMES}

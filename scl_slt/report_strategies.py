@@ -24,7 +24,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .report import FACTORS, Run, Table, TableRow, _by_dataset, _get, main_setting
+from .report import FACTORS, Table, TableRow, _by_dataset, main_setting
+from .report_runs import Run, _get
 
 STRATEGY_METRICS = ("v2t_r1", "t2v_r1", "sdr", "stage1_bleu4", "stage2_bleu4")
 STRATEGY_METRIC_NAMES = {

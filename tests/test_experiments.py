@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from scl_slt.checkpoint import find_latest_checkpoint
 from scl_slt.config import SelectionName, StageName, TrainConfig, to_container, validate_train
 from scl_slt.evaluation import write_predictions
-from scl_slt.report import CL_SLT, COMPONENT_ROWS, SCL_SLT, W_CL, W_SCL, build_report
+from scl_slt.report import build_report
+from scl_slt.report_runs import CL_SLT, COMPONENT_ROWS, SCL_SLT, W_CL, W_SCL
 from scl_slt.train import run_stage
 
 EXPERIMENTS = sorted(

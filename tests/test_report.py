@@ -20,18 +20,17 @@ import yaml
 
 from scl_slt.config import TrainConfig, to_container
 from scl_slt.evaluation import write_predictions
-from scl_slt.report import (
+from scl_slt.report import build_report, main
+from scl_slt.report_runs import (
     BASELINE,
     CL_SLT,
     SCL_SLT,
     W_CL,
     W_SCL,
     ReportError,
-    build_report,
     classify_component,
     find_run_dirs,
     load_run,
-    main,
 )
 
 REPO = Path(__file__).resolve().parents[1]
