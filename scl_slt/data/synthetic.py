@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -63,12 +62,18 @@ from .synthetic_grammar import (
     WEATHERS,
     translate,
 )
+from .synthetic_render import (
+    NUM_COEFFICIENTS,
+    SignerStyle,
+    render_features,
+    render_frames,
+    write_frames,
+)
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when the output for a given config changes (invalidates caches)
 META = "meta.json"
-NUM_COEFFICIENTS = 4  # cosine-basis coefficients per gloss motion
 POSE_DIM = 6  # frames modality: (x, y) of both hands + both hand sizes
 MIN_SEPARATION = 0.6  # non-twin motions are at least this share of a typical pair distance apart
 TWIN_THRESHOLD = 0.5  # "confusable": nearest motion closer than this share of the median distance
@@ -215,16 +220,6 @@ def duplicate_share(texts: Sequence[str]) -> float:
 
 
 # ------------------------------------------------------------------------------------ signers
-@dataclass
-class SignerStyle:
-    speed: float  # duration multiplier
-    matrix: np.ndarray  # (D, D) features: per-signer linear transform
-    offset: np.ndarray  # (D,)
-    pose_scale: float  # frames: signing space size
-    pose_offset: np.ndarray  # (2,) frames: signing space position
-    colours: np.ndarray  # (3, 3) frames: background, skin, clothing (RGB in [0, 1])
-
-
 def signer_styles(cfg: SyntheticConfig) -> list[SignerStyle]:
     rng = _rng(cfg.seed, STREAM_SIGNERS)
     s, dim = cfg.signer_shift, cfg.feature_dim
@@ -335,66 +330,6 @@ def plan_dataset(cfg: SyntheticConfig, language: SyntheticLanguage) -> dict[str,
     return plan
 
 
-# ---------------------------------------------------------------------------------- rendering
-@functools.lru_cache(maxsize=64)
-def _basis(length: int) -> np.ndarray:
-    t = (np.arange(length) + 0.5) / length
-    return np.cos(np.pi * t[:, None] * np.arange(NUM_COEFFICIENTS)[None, :])  # (L, K)
-
-
-def trajectory(alignment: Sequence[Sequence[int]], motion: np.ndarray) -> np.ndarray:
-    """(T, P) clip trajectory: gloss motions end to end, blurred across boundaries."""
-    x = np.concatenate([_basis(end - start) @ motion[g] for g, start, end in alignment])
-    padded = np.concatenate([x[:1], x, x[-1:]])
-    return 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
-
-
-def render_features(record: dict, language, style: SignerStyle, noise: float, rng) -> np.ndarray:
-    x = trajectory(record["alignment"], language.feature_motion) @ style.matrix + style.offset
-    x = x + noise * rng.standard_normal(x.shape)
-    return x.astype(np.float16)  # (T, D)
-
-
-def _soft_disc(xx, yy, cx, cy, rx, ry, edge):
-    """Alpha of an anti-aliased ellipse; centres/radii broadcast against the (H, W) grid."""
-    d = np.sqrt(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)
-    return 1 / (1 + np.exp((d - 1) * np.minimum(rx, ry) / edge))
-
-
-def render_frames(record: dict, language, style: SignerStyle, size: int, noise: float, rng):
-    """(T, H, W, 3) uint8: a signer (head, torso) whose two hands follow the gloss motions."""
-    pose = np.tanh(trajectory(record["alignment"], language.pose_motion))  # (T, 6)
-    rest_position = np.array([[0.32, 0.6], [0.68, 0.6]])  # (hand, xy): left, right
-    reach = np.array([0.17, 0.25])  # (xy,) how far a hand moves from rest
-    hands = rest_position + reach * pose[:, :4].reshape(-1, 2, 2)  # (T, hand, xy)
-    hands = 0.5 + (hands - 0.5) * style.pose_scale + style.pose_offset
-    radius = 0.1 + 0.03 * pose[:, 4:6]  # (T, hand)
-    grid = (np.arange(size) + 0.5) / size
-    xx, yy = np.meshgrid(grid, grid)  # (H, W)
-    background, skin, clothing = style.colours
-    edge = 1.0 / size
-    img = np.broadcast_to(background, (size, size, 3)).copy()
-    body = [((0.5, 0.95), (0.32, 0.3), clothing), ((0.5, 0.25), (0.12, 0.12), skin)]  # torso, head
-    for centre, radii, colour in body:
-        alpha = _soft_disc(xx, yy, *centre, *radii, edge)[..., None]
-        img = img * (1 - alpha) + colour * alpha
-    img = np.repeat(img[None], len(pose), axis=0)  # (T, H, W, 3)
-    for h in range(2):
-        cx, cy, r = (a[:, None, None] for a in (hands[:, h, 0], hands[:, h, 1], radius[:, h]))
-        alpha = _soft_disc(xx, yy, cx, cy, r, r, edge)[..., None]  # (T, H, W, 1)
-        img = img * (1 - alpha) + skin * alpha
-    img = img + 0.25 * noise * rng.standard_normal(img.shape)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-
-
-def _write_frames(folder: Path, frames: np.ndarray) -> None:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for t, frame in enumerate(frames):
-        Image.fromarray(frame, "RGB").save(folder / f"images{t + 1:04d}.png", compress_level=1)
-
-
 # -------------------------------------------------------------------------------------- build
 def _clips(plan: dict[str, dict[str, dict]]) -> Iterator[tuple[int, int, dict]]:
     for split_id, split in enumerate(SPLITS):
@@ -471,7 +406,7 @@ def _generate_frames(cfg: SyntheticConfig, root: Path, folder: Path) -> None:
         rng = _rng(cfg.seed, STREAM_FRAMES, split_id, i)
         style = styles[record["signer"]]
         frames = render_frames(record, language, style, cfg.image_size, cfg.noise, rng)
-        _write_frames(folder / record["name"], frames)
+        write_frames(folder / record["name"], frames)
 
 
 # -------------------------------------------------------------------------------------- cache
