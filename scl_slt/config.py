@@ -91,8 +91,8 @@ class DataConfig:
     scale_jitter: float = 0.1  # augment: zoom drawn from [1 - j, 1 + j]
     brightness: float = 0.2  # augment: brightness factor drawn from [1 - b, 1 + b]
     contrast: float = 0.2  # augment: contrast factor drawn from [1 - c, 1 + c]
-    # frames batches as uint8 pixels, ImageNet-normalised by the model on its device (4x less
-    # to move than float32; colour change rounded to whole grey levels); false: float32 batches
+    # frames batches as uint8 pixels, colour change and ImageNet normalisation applied by the
+    # model on its device (4x less to move than float32, same network input); false: float32
     frames_uint8: bool = True
     num_workers: int = 0
     on_bad_sample: BadSample = BadSample.error

@@ -13,14 +13,17 @@ converted to a frame cache. One loader per source and batch format, with persist
 first epoch of each is an untimed warm-up (worker start-up, page cache: both paths read from
 memory, so this is CPU cost, not disk), then timed epochs alternate between the loaders so CPU
 contention hits all alike; medians are printed side by side with the ratio. Batch formats
-(``data.frames_uint8``): ``uint8`` (default: pixels, normalised later on the model's device, so
-that step is not counted here) and ``float32`` (normalised in the worker). No ``pin_memory``
+(``data.frames_uint8``): ``uint8`` (default: pixels plus each clip's colour change; the model
+applies that change with the ImageNet normalisation on its device, one multiply-add and clamp
+per channel, so that step is not counted in the loader figures: its cost on this CPU is printed
+separately) and ``float32`` (colour change and normalisation in the worker). No ``pin_memory``
 (there is no accelerator to pin for); ``prefetch_factor`` is DataLoader's default.
 
 Printed: frames/s (the target's figure); CPU milliseconds per frame of the workers and of the
 main process over the same epochs (``/proc``; on a machine shared with other jobs this moves far
 less than frames/s, whose ratio then also depends on how the scheduler shares the cores); and
-``dataset[i]`` in one process (read + transform, no workers, no collate, no hand-off).
+``dataset[i]`` in one process (read + transform, no workers, no collate, no hand-off); and the
+uint8 batches' device step (``normalise_frames`` with colour) run on this CPU, for reference.
 
     python scripts/bench_frames.py [--clips 32] [--rounds 3] [--workers 2] [--batch-size 2]
         [--formats uint8,float32]
@@ -46,7 +49,13 @@ from scl_slt.config import DataConfig, Layout, Modality
 from scl_slt.data.dataset import Collator
 from scl_slt.data.datasets import build_split
 from scl_slt.data.frame_cache import build_frame_cache
-from scl_slt.data.frames import loader_generator, worker_init_fn
+from scl_slt.data.frames import (
+    ClipParams,
+    ClipTransform,
+    loader_generator,
+    normalise_frames,
+    worker_init_fn,
+)
 from scl_slt.data.labels import read_labels, write_labels
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -192,6 +201,26 @@ def load_rate(cfg: DataConfig, seed: int) -> float:
     return frames / (time.perf_counter() - start)
 
 
+def device_step_ms(crop: int, frames: int = 115, repeats: int = 5) -> float:
+    """CPU ms per frame of the uint8 batches' last step, colour change + normalisation, on one
+    thread (what the model does on its device before the ResNet)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pixels = torch.randint(0, 256, (frames, 3, crop, crop), dtype=torch.uint8)
+        transform = ClipTransform(crop=crop)
+        params = ClipParams(top=0, left=0, size=crop, brightness=1.1, contrast=0.9)
+        colour = torch.from_numpy(transform.colour_affine(params, pixels.numpy()))  # (2, 3)
+        colour = colour.expand(frames, 2, 3)  # one per frame, as the sign embedding passes it
+        normalise_frames(pixels, colour)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            normalise_frames(pixels, colour)
+        return 1e3 * (time.perf_counter() - start) / (repeats * frames)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def median_of(epochs: list[Epoch], field: str) -> float:
     return statistics.median(getattr(e, field) for e in epochs)
 
@@ -293,6 +322,11 @@ def main() -> None:
             print(
                 f"  {fmt:<8} png {png_rate:7.1f} | cache {cache_rate:7.1f} | "
                 f"cache/png {cache_rate / png_rate:.2f}x"
+            )
+        if "uint8" in formats:
+            print(
+                "uint8 batches' device step (colour change + normalisation, not in the loader "
+                f"figures), run on this CPU, 1 thread: {device_step_ms(png.crop):.3f} ms/frame"
             )
 
 

@@ -113,11 +113,11 @@ def test_temporal_indices_eval_even_and_train_random_offset():
 def test_eval_transform_is_centre_crop_and_imagenet_normalisation():
     clip = np.random.default_rng(0).integers(0, 256, size=(3, 3, 40, 36), dtype=np.uint8)
     transform = ClipTransform(crop=32)
-    out = transform(clip)
-    assert out.dtype == torch.float32 and out.shape == (3, 3, 32, 32)
+    out, colour = transform(clip)
+    assert out.dtype == torch.float32 and out.shape == (3, 3, 32, 32) and colour is None
     expected = naive_normalise(clip[:, :, 4:36, 2:34])
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
-    assert torch.equal(out, transform(clip))  # deterministic
+    assert torch.equal(out, transform(clip).inputs)  # deterministic
 
 
 def naive_index_map(params: ClipParams, crop: int, height: int, width: int) -> np.ndarray:
@@ -166,8 +166,8 @@ def test_geometry_identity_rot90_and_zoom():
     assert np.array_equal(zoomed, np.repeat(np.repeat(clip[:, :, 2:6, 3:7], 2, axis=2), 2, axis=3))
     # the transform's gather path gives the same pixels as the plain-crop path
     np.testing.assert_allclose(
-        transform.apply(clip, ClipParams(top=2, left=3, size=8, angle=1e-9)).numpy(),
-        transform.apply(clip, ClipParams(top=2, left=3, size=8)).numpy(),
+        transform.apply(clip, ClipParams(top=2, left=3, size=8, angle=1e-9)).inputs.numpy(),
+        transform.apply(clip, ClipParams(top=2, left=3, size=8)).inputs.numpy(),
     )
 
 
@@ -183,7 +183,7 @@ def test_train_transform_same_crop_box_for_every_frame():
     )
     boxes = set()
     for seed in range(5):
-        out = transform(clip, np.random.default_rng(seed)).numpy().astype(np.float64)
+        out = transform(clip, np.random.default_rng(seed)).inputs.numpy().astype(np.float64)
         pixels = np.rint((out * STD + MEAN) * 255).astype(int)  # undo the normalisation
         for frame in range(1, t):
             assert np.array_equal(pixels[frame, :2], pixels[0, :2])  # same source pixel everywhere
@@ -199,7 +199,7 @@ def test_train_colour_augmentation_consistent_and_clamped():
     transform = ClipTransform(
         crop=32, rotate_degrees=5, scale_jitter=0.1, brightness=0.4, contrast=0.4
     )
-    out = transform(clip, np.random.default_rng(5)).numpy()
+    out = transform(clip, np.random.default_rng(5)).inputs.numpy()
     for t in range(1, 4):
         assert np.array_equal(out[t], out[0])  # same geometry and colour for every frame
     low, high = (0 - MEAN) / STD, (1 - MEAN) / STD
@@ -207,14 +207,15 @@ def test_train_colour_augmentation_consistent_and_clamped():
         out <= high.astype(np.float32) + 1e-6
     ).all()
     plain = ClipTransform(crop=32, rotate_degrees=5, scale_jitter=0.1, brightness=0, contrast=0)
-    assert not np.allclose(out, plain(clip, np.random.default_rng(5)).numpy())  # colour did change
+    changed = not np.allclose(out, plain(clip, np.random.default_rng(5)).inputs.numpy())
+    assert changed  # the colour did change
 
 
 def test_colour_fold_matches_naive_brightness_contrast():
     clip = np.random.default_rng(4).integers(0, 256, size=(2, 3, 16, 16), dtype=np.uint8)
     transform = ClipTransform(crop=16)
     params = ClipParams(top=0, left=0, size=16, brightness=1.3, contrast=0.7)
-    out = transform.apply(clip, params).numpy()
+    out = transform.apply(clip, params, recolour=True).inputs.numpy()
     x = clip.astype(np.float64)
     rgb = x[:, :, ::4, ::4].mean(axis=(0, 2, 3))
     grey = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
@@ -237,7 +238,7 @@ def test_folder_source_eval_subsamples_evenly_and_matches_reference(tmp_path):
     source = FolderFrameSource(
         tmp_path, transform, max_frames=5, resize=16, resize_mode=ResizeMode.short_side
     )
-    out = source.load({"name": "train/clip"}, train=False)
+    out = source.load({"name": "train/clip"}, train=False).inputs
     assert out.shape == (5, 3, 14, 14)
     chosen = subsample_indices(12, 5)
     resized = resize_clip(
@@ -253,7 +254,7 @@ def test_folder_source_imgs_path_and_errors(tmp_path):
     write_frames(tmp_path / "a", numbered_clip(3))
     source = FolderFrameSource(tmp_path, ClipTransform(crop=16), resize=16)
     record = {"name": "x", "imgs_path": ["a/images0003.png", "a/images0001.png"]}
-    out = source.load(record, train=False)
+    out = source.load(record, train=False).inputs
     pixels = np.rint((out.numpy().astype(np.float64) * STD + MEAN) * 255)
     assert out.shape == (2, 3, 16, 16) and pixels[0, 2, 0, 0] == 20 and pixels[1, 2, 0, 0] == 0
     with pytest.raises(DataError, match="frame folder missing: .*missing_clip"):

@@ -1,11 +1,12 @@
-"""uint8 frame batches (``data.frames_uint8``): the loader hands over pixels after crop and
-augmentation, the sign embedding normalises them on its device.
+"""uint8 frame batches (``data.frames_uint8``): the loader hands over pixels after crop, zoom and
+rotation, plus each training clip's colour change as a per-channel gain and bias; the sign
+embedding applies it and the ImageNet normalisation on its device.
 
-Checked against plain references: the normalised uint8 path equals the float path exactly in
-evaluation and within half a grey level (``0.5 / (255 * std_c)``, the colour change's rounding)
-in training; the uint8 train transform equals a per-pixel loop; padding never reaches the model;
-batches cross DataLoader workers intact (written through the shared-memory file there); a short
-``data=synthetic_frames`` training run works."""
+Checked against plain references: the uint8 path's network input equals the float path's bit
+for bit, in evaluation and in training; the geometry equals a per-pixel loop and the colour
+change a float64 formula; padding never reaches the model; a clip's colour change stays with
+that clip; batches cross DataLoader workers intact (written through the shared-memory file
+there); a short ``data=synthetic_frames`` training run works."""
 
 from __future__ import annotations
 
@@ -29,25 +30,24 @@ from scl_slt.data.frames import (
     ClipTransform,
     build_frame_source,
     loader_generator,
-    lookup_in_place,
     normalise_frames,
     worker_init_fn,
 )
 from scl_slt.models.sign_embedding import SignEmbedding
 from scl_slt.run_dir import read_metrics
 
+_GAIN_F32 = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32)
+_BIAS_F32 = (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)
 MEAN = np.asarray(IMAGENET_MEAN).reshape(1, 3, 1, 1)
 STD = np.asarray(IMAGENET_STD).reshape(1, 3, 1, 1)
-HALF_GREY = 0.5 / (255.0 * STD)  # (1, 3, 1, 1): what rounding the colour change may move
 
 
 def naive_normalise(pixels: np.ndarray) -> np.ndarray:
     return (pixels.astype(np.float64) / 255.0 - MEAN) / STD
 
 
-def naive_uint8_transform(clip: np.ndarray, params: ClipParams, crop: int) -> np.ndarray:
-    """Per-pixel nearest-neighbour resampling of the documented crop box, then the colour change
-    ``clamp(rint(b * k * x + (1 - k) * b * mean_grey))`` in float64."""
+def naive_geometry(clip: np.ndarray, params: ClipParams, crop: int) -> np.ndarray:
+    """Per-pixel nearest-neighbour resampling of the documented crop box."""
     t, _, height, width = clip.shape
     out = np.empty((t, 3, crop, crop), dtype=np.uint8)
     theta = math.radians(params.angle)
@@ -60,12 +60,15 @@ def naive_uint8_transform(clip: np.ndarray, params: ClipParams, crop: int) -> np
             y = min(max(round(cy + math.cos(theta) * u + math.sin(theta) * v), 0), height - 1)
             x = min(max(round(cx - math.sin(theta) * u + math.cos(theta) * v), 0), width - 1)
             out[:, :, i, j] = clip[:, :, y, x]
-    rgb = out[:, :, ::4, ::4].astype(np.float64).mean(axis=(0, 2, 3))
+    return out
+
+
+def naive_colour(pixels: np.ndarray, params: ClipParams) -> np.ndarray:
+    """The colour change ``clamp(b * k * x + (1 - k) * b * mean_grey, 0, 255)`` in float64."""
+    rgb = pixels[:, :, ::4, ::4].astype(np.float64).mean(axis=(0, 2, 3))
     grey = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
     b, k = params.brightness, params.contrast
-    return np.clip(np.rint(b * k * out.astype(np.float64) + (1 - k) * b * grey), 0, 255).astype(
-        np.uint8
-    )
+    return np.clip(b * k * pixels.astype(np.float64) + (1 - k) * b * grey, 0, 255)
 
 
 # ------------------------------------------------------------------------------ normalisation
@@ -77,53 +80,70 @@ def test_normalise_frames_matches_naive_and_rejects_floats():
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="uint8"):
         normalise_frames(out)
+    with pytest.raises(ValueError, match="colour"):
+        normalise_frames(torch.from_numpy(pixels), torch.zeros(2, 3, 2))
 
 
-@pytest.mark.parametrize("size", [0, 1, 7, 64, 1001])
-def test_lookup_in_place_matches_table_indexing(size):
-    rng = np.random.default_rng(size)
-    table = rng.integers(0, 256, size=256, dtype=np.uint8)
-    pixels = rng.integers(0, 256, size=size, dtype=np.uint8)
-    expected = table[pixels]
-    lookup_in_place(pixels, table)
-    assert np.array_equal(pixels, expected)
+def test_normalise_frames_applies_each_frames_colour_and_clamps():
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(3, 3, 4, 4), dtype=np.uint8)
+    pixels[0, :, 0, 0], pixels[1, :, 0, 0] = 255, 0  # driven past 255 and below 0 below
+    a = np.array([1.5, 0.5, 1.0])  # per frame: x -> a * x + d on pixel values
+    d = np.array([40.0, -60.0, 0.0])
+    gain = a[:, None] / (255.0 * np.asarray(IMAGENET_STD))  # (3 frames, 3 channels)
+    bias = (d[:, None] / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+    colour = torch.from_numpy(np.stack([gain, bias], axis=1).astype(np.float32))  # (3, 2, 3)
+    out = normalise_frames(torch.from_numpy(pixels), colour).numpy()
+    changed = np.clip(a[:, None, None, None] * pixels + d[:, None, None, None], 0, 255)
+    np.testing.assert_allclose(out, naive_normalise(changed), atol=2e-5)
+    unclamped = a[:, None, None, None] * pixels + d[:, None, None, None]
+    assert not np.allclose(out, naive_normalise(unclamped), atol=1e-3)  # the clamp did act
 
 
 # ------------------------------------------------------------------------------ the transform
 def test_eval_uint8_is_the_centre_crop_and_normalises_to_the_float_path():
     clip = np.random.default_rng(1).integers(0, 256, size=(3, 3, 40, 36), dtype=np.uint8)
-    pixels = ClipTransform(crop=32, uint8_output=True)(clip)
-    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 32, 32)
+    pixels, colour = ClipTransform(crop=32, uint8_output=True)(clip)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 32, 32) and colour is None
     assert np.array_equal(pixels.numpy(), clip[:, :, 4:36, 2:34])
-    floats = ClipTransform(crop=32)(clip)
+    floats = ClipTransform(crop=32)(clip).inputs
     assert torch.equal(normalise_frames(pixels), floats)  # same float32 arithmetic: exact
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_train_uint8_matches_naive_loop_and_float_path_within_half_a_grey_level(seed):
+def test_train_uint8_equals_the_float_path_exactly_and_the_naive_transform(seed):
     clip = np.random.default_rng(10 + seed).integers(0, 256, size=(2, 3, 16, 18), dtype=np.uint8)
     settings = dict(crop=12, rotate_degrees=10, scale_jitter=0.2, brightness=0.3, contrast=0.3)
     as_uint8 = ClipTransform(**settings, uint8_output=True)
-    as_float = ClipTransform(**settings)
-    pixels = as_uint8(clip, np.random.default_rng(seed))
-    floats = as_float(clip, np.random.default_rng(seed))  # same draws: same parameters
+    pixels, colour = as_uint8(clip, np.random.default_rng(seed))
+    floats, no_colour = ClipTransform(**settings)(clip, np.random.default_rng(seed))  # same draws
     params = as_uint8.sample_params(np.random.default_rng(seed), 16, 18)
     assert params.angle != 0 and params.contrast != 1  # the gather and the colour path ran
-    assert np.array_equal(pixels.numpy(), naive_uint8_transform(clip, params, 12))
-    diff = np.abs(normalise_frames(pixels).numpy().astype(np.float64) - floats.numpy())
-    assert (diff <= HALF_GREY + 1e-5).all()
-    assert diff.max() > 1e-3  # the bound is met by rounding, not by skipping the colour change
+    assert pixels.dtype == torch.uint8 and colour.shape == (2, 3) and no_colour is None
+    assert np.array_equal(pixels.numpy(), naive_geometry(clip, params, 12))  # no colour yet
+    network_input = normalise_frames(pixels, colour)
+    assert torch.equal(network_input, floats)  # bit for bit
+    expected = naive_normalise(naive_colour(naive_geometry(clip, params, 12), params))
+    np.testing.assert_allclose(network_input.numpy(), expected, atol=2e-5)
+    assert not np.allclose(network_input.numpy(), naive_normalise(pixels.numpy()), atol=1e-2)
 
 
-def test_uint8_transform_never_writes_its_input():
+def test_uint8_train_clips_without_colour_jitter_carry_no_colour():
+    clip = np.random.default_rng(3).integers(0, 256, size=(2, 3, 16, 16), dtype=np.uint8)
+    for settings in (dict(brightness=0.0, contrast=0.0), dict(augment=False)):
+        transform = ClipTransform(crop=12, uint8_output=True, **settings)
+        assert transform(clip, np.random.default_rng(0)).colour is None
+
+
+def test_uint8_transform_never_writes_or_returns_its_input():
     clip = np.random.default_rng(2).integers(0, 256, size=(2, 3, 12, 12), dtype=np.uint8)
     before = clip.copy()
-    transform = ClipTransform(crop=12, uint8_output=True)
-    plain_crop = ClipParams(top=0, left=0, size=12, brightness=1.4, contrast=0.8)  # a view
-    out = transform.pixels(clip, plain_crop)
-    assert np.array_equal(clip, before) and not np.array_equal(out.numpy(), before)
     clip.setflags(write=False)  # as a read-only memory-mapped cache clip
-    assert torch.equal(transform.pixels(clip, plain_crop), out)
+    transform = ClipTransform(crop=12, uint8_output=True)
+    out = transform(clip).inputs  # the evaluation crop is the whole clip: a plain view of it
+    assert np.array_equal(out.numpy(), before) and not np.shares_memory(out.numpy(), clip)
+    out[0, 0, 0, 0] += 1  # writable, and a copy
+    assert np.array_equal(clip, before)
 
 
 # -------------------------------------------------------------------------- the sign embedding
@@ -172,6 +192,33 @@ def test_uint8_input_equals_float_input_and_clips_alone():
         torch.testing.assert_close(feats[1, : alone.shape[1]], alone[0], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="uint8 pixels or normalised floats"):
         emb(pixels.long(), lengths)
+
+
+def test_each_clips_colour_change_reaches_its_own_frames_in_the_sign_embedding():
+    """(B, 2, 3) colour in the sign embedding == float inputs normalised clip by clip with it;
+    swapping the clips' colours changes the output; colour with float inputs is refused."""
+    emb = _embedding().eval()
+    pixels, lengths = _uint8_batch([5, 3], 7, "junk")
+    gen = torch.Generator().manual_seed(6)
+    colour = torch.stack(  # two different changes of the plain normalisation's gain and bias
+        [
+            torch.stack([torch.tensor(_GAIN_F32) * s, torch.tensor(_BIAS_F32) + o])
+            for s, o in ((1.2, 0.1), (0.8, -0.2))
+        ]
+    ).float() + 0.01 * torch.rand(2, 2, 3, generator=gen)
+    floats = torch.zeros(pixels.shape)
+    for i, n in enumerate(lengths.tolist()):
+        floats[i, :n] = normalise_frames(pixels[i, :n], colour[i])
+    with torch.no_grad():
+        got, _, _ = emb(pixels, lengths, colour)
+        want, _, _ = emb(floats, lengths)
+        swapped, _, _ = emb(pixels, lengths, colour.flip(0))
+    assert torch.equal(got, want)  # same ResNet input, bit for bit
+    assert not torch.allclose(got, swapped)
+    with pytest.raises(ValueError, match="colour"):
+        emb(floats, lengths, colour)
+    with pytest.raises(ValueError, match="colour"):
+        emb(pixels, lengths, colour[:1])
 
 
 # --------------------------------------------------------------------------- through workers
@@ -236,17 +283,32 @@ def test_uint8_batches_cross_workers_and_match_the_float_batches(tmp_path):
             assert torch.equal(normalise_frames(b["inputs"][i, :n]), f["inputs"][i, :n])
     assert [n for b in crossed for n in b["input_lengths"].tolist()] == [3, 5, 4, 2]
 
+    assert all("colour" not in b for b in crossed + floats)  # evaluation: no colour change
+
     # training: same loader seed -> same clips, offsets and augmentation in both formats
     train_u8 = _batches(tmp_path, records, True, train=True, workers=2)
     train_f32 = _batches(tmp_path, records, False, train=True, workers=2)
     for b, f in zip(train_u8, train_f32, strict=True):
         assert b["names"] == f["names"] and torch.equal(b["input_lengths"], f["input_lengths"])
+        assert b["colour"].shape == (len(b["names"]), 2, 3) and "colour" not in f
         for i, n in enumerate(b["input_lengths"].tolist()):
-            diff = (normalise_frames(b["inputs"][i, :n]) - f["inputs"][i, :n]).abs().double()
-            assert (diff.numpy() <= HALF_GREY + 1e-5).all()
-    assert torch.equal(
-        train_u8[0]["inputs"], _batches(tmp_path, records, True, True, 2)[0]["inputs"]
-    )
+            network_input = normalise_frames(b["inputs"][i, :n], b["colour"][i])
+            assert torch.equal(network_input, f["inputs"][i, :n])  # bit for bit
+    again = _batches(tmp_path, records, True, True, 2)[0]
+    assert torch.equal(train_u8[0]["inputs"], again["inputs"])
+    assert torch.equal(train_u8[0]["colour"], again["colour"])
+
+
+def test_collator_refuses_a_batch_mixing_clips_with_and_without_colour():
+    clip = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    samples = [
+        {"index": 0, "name": "a", "inputs": clip, "text": "x", "colour": torch.zeros(2, 3)},
+        {"index": 1, "name": "b", "inputs": clip, "text": "y"},
+    ]
+    with pytest.raises(ValueError, match="colour"):
+        Collator(CharTokenizer())(samples)
+    batch = Collator(CharTokenizer())(samples[:1])
+    assert batch["colour"].shape == (1, 2, 3)
 
 
 # ------------------------------------------------------------------- the synthetic frames run

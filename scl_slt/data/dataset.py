@@ -13,6 +13,9 @@ Batch contract (what ``Collator`` returns; every stage, the tracker and evaluati
     inputs         FloatTensor (B, T, D) features, or (B, T, 3, H, W) frames, zero-padded in
                    time: ByteTensor pixels 0..255 (data.frames_uint8, default; the model's sign
                    embedding normalises them) or FloatTensor already ImageNet-normalised
+    colour         FloatTensor (B, 2, 3)  only with augmented uint8 frames: each clip's colour
+                   change as per-channel gain and bias, applied by the sign embedding with the
+                   normalisation (``frames.normalise_frames``); pass it to the model
     input_lengths  LongTensor (B,)
     text_ids       LongTensor (B, L)      tokenizer.encode_targets(texts): [lang] ... </s>, padded
     text_mask      BoolTensor (B, L)
@@ -35,7 +38,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -47,10 +50,18 @@ from .labels import DataError
 log = logging.getLogger(__name__)
 
 
+class Clip(NamedTuple):
+    """One clip as a source loads it."""
+
+    inputs: torch.Tensor  # (T, D) float32 features or (T, 3, H, W) frames
+    colour: torch.Tensor | None = None  # (2, 3) float32: uint8 frames' colour change, see above
+
+
 class ClipSource(Protocol):
-    def load(self, record: dict[str, Any], train: bool) -> torch.Tensor:
+    def load(self, record: dict[str, Any], train: bool) -> Clip | torch.Tensor:
         """The clip of one record: (T, D) float32 features or (T, 3, H, W) frames (uint8
-        pixels, or normalised float32 with ``data.frames_uint8=false``)."""
+        pixels with their colour change, or normalised float32 with
+        ``data.frames_uint8=false``); a bare tensor is a clip without colour change."""
 
     def frame_count(self, record: dict[str, Any]) -> int:
         """Frames available for the record (before subsampling); DataError when unreadable."""
@@ -177,7 +188,7 @@ class SignDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
         try:
-            clip = self.source.load(record, self.train)
+            loaded = self.source.load(record, self.train)
         except DataError as e:
             where = f"{self.split} sample {index} {record['name']!r}"
             if self.on_bad_sample is BadSample.error:
@@ -185,9 +196,13 @@ class SignDataset(Dataset):
             self._bad.increment()
             log.warning("skipping %s: %s", where, e)
             return None
+        clip, colour = loaded if isinstance(loaded, Clip) else (loaded, None)
         if clip.shape[0] > self.max_frames:
             clip = clip[torch.from_numpy(subsample_indices(clip.shape[0], self.max_frames))]
-        return {"index": index, "name": record["name"], "inputs": clip, "text": record["text"]}
+        sample = {"index": index, "name": record["name"], "inputs": clip, "text": record["text"]}
+        if colour is not None:
+            sample["colour"] = colour
+        return sample
 
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.uint8: np.uint8}
@@ -254,7 +269,7 @@ class Collator:
                 inputs[i, clip.shape[0] :] = 0
         texts = [s["text"] for s in samples]
         text_ids, text_mask = self.tokenizer.encode_targets(texts)
-        return {
+        batch = {
             "indices": torch.tensor([s["index"] for s in samples], dtype=torch.long),
             "names": [s["name"] for s in samples],
             "texts": texts,
@@ -263,3 +278,10 @@ class Collator:
             "text_ids": text_ids,
             "text_mask": text_mask,
         }
+        with_colour = ["colour" in s for s in samples]
+        if any(with_colour):
+            if not all(with_colour):
+                names = [s["name"] for s in samples]
+                raise ValueError(f"samples {names}: some carry a colour change, some do not")
+            batch["colour"] = torch.stack([s["colour"] for s in samples])  # (B, 2, 3)
+        return batch

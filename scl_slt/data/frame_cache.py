@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, ResizeMode
+from .dataset import Clip
 from .frames import (
     ClipTransform,
     clip_frame_paths,
@@ -154,7 +155,7 @@ class CachedFrameSource:
     def frame_count(self, record: dict[str, Any]) -> int:
         return self.cache.shape(record["name"])[0]
 
-    def load(self, record: dict[str, Any], train: bool) -> torch.Tensor:
+    def load(self, record: dict[str, Any], train: bool) -> Clip:
         try:
             frames = self.cache.open(record["name"])
         except DataError as e:

@@ -16,20 +16,21 @@ One ``load(record, train)`` of a frame source does, for one clip:
    and colour change (motion between frames is the signal; per-frame jitter would add fake
    motion). Then ImageNet normalisation, in one of two places (``data.frames_uint8``):
 
-   - ``true`` (default): the transform returns **uint8 pixels** (colour change rounded to whole
-     grey levels) and the model normalises them on its device (``normalise_frames``, called by
-     the sign embedding). A frame crosses the worker -> main process hand-off (shared memory),
-     the host -> device copy and a pinned-memory copy as 150 KB instead of 600 KB of float32,
-     which is what limits a fast loader. The network input equals the float path's within half
-     a grey level (``|diff| <= 0.5 / (255 * std_c)``, about 0.009; exactly equal in evaluation).
-   - ``false``: the transform returns normalised float32 (colour change not rounded).
+   - ``true`` (default): the transform returns **uint8 pixels** after the geometric part, and
+     the clip's colour change as a per-channel ``(gain, bias)`` pair folded into the
+     normalisation (``Clip.colour``); the model applies both on its device in one multiply-add
+     and clamp per channel (``normalise_frames``, called by the sign embedding). A frame crosses
+     the worker -> main process hand-off (shared memory), the host -> device copy and a
+     pinned-memory copy as 150 KB instead of 600 KB of float32, which is what limits a fast
+     loader, and the workers do no per-pixel colour work. The network input equals the float
+     path's exactly, in training and in evaluation: same float32 arithmetic.
+   - ``false``: the transform returns normalised float32 (the same multiply-add, in the worker).
 
 Speed (the loader feeds a ResNet-18 with up to 300 frames per clip): the whole geometric part is a
 single nearest-neighbour gather through one index map shared by all frames and channels (a pure
 crop when zoom is 1 and the angle 0, exactly the evaluation crop), pixels outside the frame repeat
-the border. The uint8 colour change is one 256-entry table looked up in place (two pixels per
-lookup); the float path folds colour, clamp and normalisation into one multiply-add per channel.
-Both run in numpy on uint8 input, so the cache path does no decoding and no float resize.
+the border. Colour, clamp and normalisation fold into one multiply-add per channel. Everything runs
+in numpy on uint8 input, so the cache path does no decoding and no float resize.
 
 Reproducibility: augmentation draws its parameters from a numpy generator seeded by one draw of
 torch's RNG, which DataLoader seeds per worker from its ``generator``; pass
@@ -54,7 +55,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import ConfigError, DataConfig, ResizeMode
-from .dataset import subsample_indices
+from .dataset import Clip, subsample_indices
 from .labels import DataError
 
 log = logging.getLogger(__name__)
@@ -203,60 +204,50 @@ def source_index_map(params: ClipParams, crop: int, height: int, width: int) -> 
     return (y * width + x).reshape(-1)
 
 
-PAIR_LOOKUP_CHUNK = 1 << 18  # pixel pairs per lookup call: index temporaries stay in cache
-
-
-def lookup_in_place(pixels: np.ndarray, table: np.ndarray) -> None:
-    """``pixels[...] = table[pixels]`` for a C-contiguous uint8 array and a uint8 (256,) table.
-
-    numpy's ``take`` converts every index to a 64-bit integer first, which costs more than the
-    lookup itself; looking up pixel PAIRS in a 65,536-entry table (both bytes mapped through
-    ``table``, so byte order does not matter) halves those conversions."""
-    if pixels.dtype != np.uint8 or not pixels.flags.c_contiguous or not pixels.flags.writeable:
-        raise ValueError("lookup_in_place needs a writeable C-contiguous uint8 array")
-    flat = pixels.reshape(-1)  # a view, written through
-    even = flat.size - flat.size % 2
-    pairs = np.arange(65536)
-    pair_table = table[pairs & 255].astype(np.uint16) | (table[pairs >> 8].astype(np.uint16) << 8)
-    packed = flat[:even].view(np.uint16)
-    scratch = np.empty(min(packed.size, PAIR_LOOKUP_CHUNK), dtype=np.uint16)
-    for start in range(0, packed.size, PAIR_LOOKUP_CHUNK):
-        part = packed[start : start + PAIR_LOOKUP_CHUNK]
-        # "wrap": no bounds errors to raise (every uint16 is a valid index), so take writes
-        # straight into ``scratch`` instead of into a temporary copy of it
-        np.take(pair_table, part, out=scratch[: part.size], mode="wrap")
-        part[...] = scratch[: part.size]
-    if even < flat.size:
-        flat[-1] = table[flat[-1]]
-
-
 # float32 per-channel gain and bias: normalised = pixel * gain + bias
 _STD = np.asarray(IMAGENET_STD, dtype=np.float64)
 _GAIN = 1.0 / (255.0 * _STD)
 _BIAS = -np.asarray(IMAGENET_MEAN, dtype=np.float64) / _STD
+# pixels 0 and 255 normalised: where a colour change is clamped
+_LOW = _BIAS.astype(np.float32)
+_HIGH = (_BIAS + 255.0 * _GAIN).astype(np.float32)
 
 
-def normalise_frames(frames: torch.Tensor) -> torch.Tensor:
+def normalise_frames(frames: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 pixels (..., 3, H, W) -> float32 ImageNet-normalised, on the frames' device.
 
-    The ``data.frames_uint8`` batch's last step, done by the model (``SignEmbedding``). Same
-    float32 arithmetic as ``ClipTransform`` without colour change (one multiply, one add), so
-    evaluation inputs are identical whichever side normalises."""
+    ``colour`` (``Clip.colour``: float32 gain and bias per channel, (2, 3) for all frames or
+    (..., 2, 3) per frame) applies a clip's colour change with the normalisation:
+    ``pixel * gain + bias``, clamped to the normalised values of pixels 0 and 255. The
+    ``data.frames_uint8`` batch's last step, done by the model (``SignEmbedding``), in the float32
+    arithmetic of ``ClipTransform``'s float output, so both formats give the same network input
+    bit for bit."""
     if frames.dtype != torch.uint8 or frames.dim() < 3 or frames.shape[-3] != 3:
         raise ValueError(
             f"expected uint8 (..., 3, H, W) frames, got {frames.dtype} {tuple(frames.shape)}"
         )
-    gain = torch.tensor(_GAIN, dtype=torch.float32).view(3, 1, 1).to(frames.device)
-    bias = torch.tensor(_BIAS, dtype=torch.float32).view(3, 1, 1).to(frames.device)
-    return frames.to(torch.float32).mul_(gain).add_(bias)  # (..., 3, H, W)
+    out = frames.to(torch.float32)
+    if colour is None:
+        gain = torch.tensor(_GAIN, dtype=torch.float32).view(3, 1, 1).to(frames.device)
+        bias = torch.tensor(_BIAS, dtype=torch.float32).view(3, 1, 1).to(frames.device)
+        return out.mul_(gain).add_(bias)  # (..., 3, H, W)
+    if colour.dtype != torch.float32 or colour.dim() < 2 or colour.shape[-2:] != (2, 3):
+        raise ValueError(
+            f"colour: expected float32 (..., 2, 3) gains and biases, got {colour.dtype} "
+            f"{tuple(colour.shape)}"
+        )
+    colour = colour.to(frames.device)
+    low = torch.from_numpy(_LOW).view(3, 1, 1).to(frames.device)
+    high = torch.from_numpy(_HIGH).view(3, 1, 1).to(frames.device)
+    gain, bias = colour[..., 0, :, None, None], colour[..., 1, :, None, None]  # (..., 3, 1, 1)
+    return out.mul_(gain).add_(bias).clamp_(low, high)  # (..., 3, H, W)
 
 
 class ClipTransform:
-    """uint8 (T, 3, H, W) -> (T, 3, crop, crop): crop and augmentation, then uint8 pixels
-    (``uint8_output``; ``normalise_frames`` finishes them on the device) or normalised float32.
-
-    ``uint8_output`` rounds the colour change to whole grey levels (the float output does not);
-    the config default, ``data.frames_uint8``, is true."""
+    """uint8 (T, 3, H, W) -> ``Clip``: (T, 3, crop, crop) after crop and augmentation, as uint8
+    pixels plus the colour change still to apply (``uint8_output``; ``normalise_frames`` finishes
+    them on the device) or as normalised float32 (``colour`` None). Both give the same network
+    input; the config default, ``data.frames_uint8``, is uint8."""
 
     def __init__(
         self,
@@ -285,7 +276,6 @@ class ClipTransform:
         self.brightness = brightness
         self.contrast = contrast
         self.uint8_output = uint8_output
-        self._low, self._high = _BIAS, _BIAS + 255.0 * _GAIN  # pixel 0 and 255, normalised
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> ClipTransform:
@@ -298,6 +288,11 @@ class ClipTransform:
             contrast=cfg.contrast,
             uint8_output=cfg.frames_uint8,
         )
+
+    @property
+    def changes_colour(self) -> bool:
+        """Whether training clips get a brightness / contrast change."""
+        return self.augment and (self.brightness > 0 or self.contrast > 0)
 
     def check_size(self, height: int, width: int) -> None:
         if min(height, width) < self.crop:
@@ -329,7 +324,7 @@ class ClipTransform:
             contrast=rng.uniform(1.0 - self.contrast, 1.0 + self.contrast),
         )
 
-    def __call__(self, clip: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def __call__(self, clip: np.ndarray, rng: np.random.Generator | None = None) -> Clip:
         """Evaluation transform without ``rng``; training transform with it."""
         if clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != np.uint8:
             raise DataError(f"expected a uint8 (T, 3, H, W) clip, got {clip.dtype} {clip.shape}")
@@ -340,7 +335,20 @@ class ClipTransform:
             if rng is None
             else self.sample_params(rng, height, width)
         )
-        return self.pixels(clip, params) if self.uint8_output else self.apply(clip, params)
+        recolour = rng is not None and self.changes_colour
+        return self.apply(clip, params, recolour)
+
+    def apply(self, clip: np.ndarray, params: ClipParams, recolour: bool = False) -> Clip:
+        """The transform with given parameters; ``recolour``: apply the colour change."""
+        pixels = self.geometry(clip, params)  # (T, 3, crop, crop) uint8
+        colour = self.colour_affine(params, pixels) if recolour else None  # (2, 3) float32
+        if self.uint8_output:
+            if self.is_view(params):  # of the (maybe memory-mapped, read-only) source clip
+                pixels = np.array(pixels, order="C")
+            return Clip(
+                torch.from_numpy(pixels), None if colour is None else torch.from_numpy(colour)
+            )
+        return Clip(self.normalise(pixels, colour))
 
     def is_view(self, params: ClipParams) -> bool:
         """Whether ``geometry`` is a plain crop, returned as a view of the source clip."""
@@ -367,32 +375,23 @@ class ClipTransform:
             d = (1.0 - params.contrast) * params.brightness * self._mean_grey(pixels)
         return a, d
 
-    def pixels(self, clip: np.ndarray, params: ClipParams) -> torch.Tensor:
-        """uint8 (T, 3, crop, crop): geometry, then the colour change rounded to grey levels."""
-        out = self.geometry(clip, params)
-        a, d = self.colour(params, out)
-        if self.is_view(params):  # a view of the (maybe memory-mapped) source: never write it
-            out = np.array(out, order="C")
-        if a != 1.0 or d != 0.0:
-            table = np.clip(np.rint(a * np.arange(256) + d), 0, 255).astype(np.uint8)
-            lookup_in_place(out, table)
-        return torch.from_numpy(out)
-
-    def apply(self, clip: np.ndarray, params: ClipParams) -> torch.Tensor:
-        """float32 (T, 3, crop, crop): geometry, colour change and normalisation in float."""
-        pixels = self.geometry(clip, params)
-        t, c = pixels.shape[0], self.crop
-        # colour then (x / 255 - mean) / std, folded into one multiply-add per channel (+ clamp)
+    def colour_affine(self, params: ClipParams, pixels: np.ndarray) -> np.ndarray:
+        """float32 (2, 3): the colour change folded into the normalisation, per channel
+        ``normalised = pixel * gain + bias`` (row 0 gain, row 1 bias; clamped by the user)."""
         a, d = self.colour(params, pixels)
-        gain = (a * _GAIN).astype(np.float32).reshape(1, 3, 1, 1)
-        bias = (d * _GAIN + _BIAS).astype(np.float32).reshape(1, 3, 1, 1)
-        out = np.empty((t, 3, c, c), dtype=np.float32)
-        np.multiply(pixels, gain, out=out)
-        np.add(out, bias, out=out)
-        if a != 1.0 or d != 0.0:
-            low = self._low.astype(np.float32).reshape(1, 3, 1, 1)
-            high = self._high.astype(np.float32).reshape(1, 3, 1, 1)
-            np.clip(out, low, high, out=out)
+        return np.stack([a * _GAIN, d * _GAIN + _BIAS]).astype(np.float32)
+
+    @staticmethod
+    def normalise(pixels: np.ndarray, colour: np.ndarray | None) -> torch.Tensor:
+        """float32 (T, 3, crop, crop): ``normalise_frames`` in numpy, in the worker."""
+        gain, bias = (
+            (_GAIN.astype(np.float32), _BIAS.astype(np.float32)) if colour is None else colour
+        )
+        out = np.empty(pixels.shape, dtype=np.float32)
+        np.multiply(pixels, gain.reshape(1, 3, 1, 1), out=out)
+        np.add(out, bias.reshape(1, 3, 1, 1), out=out)
+        if colour is not None:
+            np.clip(out, _LOW.reshape(1, 3, 1, 1), _HIGH.reshape(1, 3, 1, 1), out=out)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -456,9 +455,9 @@ class FolderFrameSource:
             raise DataError(with_known_issue(record, str(e))) from e
         return resize_clip(clip, self.resize, self.resize_mode).numpy()
 
-    def load(self, record: dict[str, Any], train: bool) -> torch.Tensor:
-        """(T, 3, crop, crop) uint8 pixels or normalised float32 (``data.frames_uint8``); random
-        only when both the source and the call are train."""
+    def load(self, record: dict[str, Any], train: bool) -> Clip:
+        """(T, 3, crop, crop) uint8 pixels and colour change, or normalised float32
+        (``data.frames_uint8``); random only when both the source and the call are train."""
         rng = clip_rng(train and self.train)
         paths = self.frame_paths(record)
         indices = temporal_indices(len(paths), self.max_frames, rng)

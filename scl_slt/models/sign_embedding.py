@@ -5,7 +5,8 @@ the encoder width. Variable-length batches are exact: padded steps are zeroed be
 convolution and every pooling, batch norm takes its statistics from valid steps only, and
 pooling rounds up (`ceil`), so a sample's outputs do not depend on how much padding it was given
 and a clip of 1..3 frames still yields one token. Frames come as uint8 pixels
-(`data.frames_uint8`, ImageNet-normalised here on the model's device) or normalised float32.
+(`data.frames_uint8`, ImageNet-normalised here on the model's device, with the clips' colour
+change when the batch has one) or normalised float32.
 
 ImageNet weights are never downloaded: `resnet18_weights` reads them from the local torch hub
 cache or a given file and says where to put the file when it is missing.
@@ -221,7 +222,16 @@ class SignEmbedding(nn.Module):
                 f"unexpected {result.unexpected_keys[:10]}"
             )
 
-    def _check(self, inputs: Tensor, lengths: Tensor) -> None:
+    def _check(self, inputs: Tensor, lengths: Tensor, colour: Tensor | None) -> None:
+        if colour is not None and (
+            self.modality is not Modality.frames
+            or inputs.dtype != torch.uint8
+            or colour.shape != (inputs.shape[0], 2, 3)
+        ):
+            raise ValueError(
+                f"colour: a (B, 2, 3) colour change goes with uint8 frames (B, T, 3, H, W), got "
+                f"{tuple(colour.shape)} with {inputs.dtype} {tuple(inputs.shape)}"
+            )
         if self.modality is Modality.frames:
             if inputs.dim() != 5 or inputs.shape[2] != 3:
                 raise ValueError(
@@ -245,26 +255,35 @@ class SignEmbedding(nn.Module):
                 f"input_lengths must lie in [1, {inputs.shape[1]}], got {lengths.tolist()}"
             )
 
-    def per_frame(self, inputs: Tensor, mask: Tensor) -> Tensor:
+    def per_frame(self, inputs: Tensor, mask: Tensor, colour: Tensor | None = None) -> Tensor:
         """Per-frame vectors (B, T, C); ResNet sees valid frames only (no compute, no BN stats
         on padding). uint8 frames (`data.frames_uint8`) are ImageNet-normalised here, on the
-        inputs' device, after padding is dropped."""
+        inputs' device, after padding is dropped, with each clip's colour change (B, 2, 3)."""
         if self.backbone is None:
             return inputs
         frames = inputs[mask]  # (N_valid, 3, H, W)
         if frames.dtype == torch.uint8:
-            frames = normalise_frames(frames)  # (N_valid, 3, H, W) float32
+            if colour is not None:  # (B, 2, 3) -> (N_valid, 2, 3), one per valid frame
+                colour = colour.to(inputs.device).repeat_interleave(
+                    mask.sum(1),
+                    dim=0,
+                    output_size=frames.shape[0],  # no device sync
+                )
+            frames = normalise_frames(frames, colour)  # (N_valid, 3, H, W) float32
         feats = self.backbone(frames)  # (N_valid, 512)
         out = feats.new_zeros(*mask.shape, feats.shape[-1])  # (B, T, 512)
         out[mask] = feats
         return out
 
-    def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """inputs (B, T, D_in) or (B, T, 3, H, W), lengths (B,) ->
-        features (B, T', D), lengths (B,), mask (B, T') bool."""
-        self._check(inputs, lengths)
+    def forward(
+        self, inputs: Tensor, lengths: Tensor, colour: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """inputs (B, T, D_in) or (B, T, 3, H, W), lengths (B,), colour (B, 2, 3) of augmented
+        uint8 frames (the batch's ``colour``) -> features (B, T', D), lengths (B,), mask (B, T')."""
+        self._check(inputs, lengths, colour)
         lengths = lengths.to(inputs.device)
-        x = self.per_frame(inputs, lengths_to_mask(lengths, inputs.shape[1]))  # (B, T, C)
+        mask = lengths_to_mask(lengths, inputs.shape[1])  # (B, T)
+        x = self.per_frame(inputs, mask, colour)  # (B, T, C)
         x = x.transpose(1, 2)  # (B, C, T)
         for block in self.blocks:
             x, lengths = block(x, lengths)  # (B, hidden, T/2), ...

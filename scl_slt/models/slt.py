@@ -174,9 +174,11 @@ class SignTranslationModel(nn.Module):
         return self
 
     # --------------------------------------------------------------------- forward
-    def encode_video(self, inputs: Tensor, input_lengths: Tensor) -> tuple[Tensor, ...]:
+    def encode_video(
+        self, inputs: Tensor, input_lengths: Tensor, colour: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
         """-> sign features (B, T', D), sign mask, video tokens (B, Tv, D), video mask."""
-        sign, _, sign_mask = self.sign_embedding(inputs, input_lengths)  # (B, T', D)
+        sign, _, sign_mask = self.sign_embedding(inputs, input_lengths, colour)  # (B, T', D)
         video, video_mask = self.visual_encoder(sign, sign_mask)  # (B, Tv, D)
         return sign, sign_mask, video, video_mask
 
@@ -198,12 +200,14 @@ class SignTranslationModel(nn.Module):
         text_mask: Tensor | None = None,
         with_text: bool = True,
         with_decoder: bool = True,
+        colour: Tensor | None = None,
     ) -> ModelOutput:
         """inputs (B, T, D_in) or (B, T, 3, H, W); text_ids/text_mask (B, L) from
-        `SLTTokenizer.encode_targets`. After `drop_text_branch()` the text fields are None."""
+        `SLTTokenizer.encode_targets`; colour (B, 2, 3): the batch's ``colour``, present with
+        augmented uint8 frames. After `drop_text_branch()` the text fields are None."""
         if (with_text or with_decoder) and (text_ids is None or text_mask is None):
             raise ValueError("text_ids and text_mask are required with with_text or with_decoder")
-        sign, sign_mask, video, video_mask = self.encode_video(inputs, input_lengths)
+        sign, sign_mask, video, video_mask = self.encode_video(inputs, input_lengths, colour)
         out = ModelOutput(sign, sign_mask, video, video_mask)
         if self.similarity is not None:
             out.video_proj, out.video_proj_mask = self.similarity.project_video(video, video_mask)

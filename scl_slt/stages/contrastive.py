@@ -87,7 +87,9 @@ def compute_losses(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward one (share of a) batch; returns the loss to back-propagate and its terms to log."""
     w = cfg.loss
-    inputs, input_lengths, text_ids, text_mask = loop_parts.batch_to_device(batch, runtime.device)
+    inputs, input_lengths, text_ids, text_mask, colour = loop_parts.batch_to_device(
+        batch, runtime.device
+    )
     with runtime.autocast():
         out = model(
             inputs,
@@ -96,6 +98,7 @@ def compute_losses(
             text_mask=text_mask,
             with_text=True,
             with_decoder=w.translation_weight > 0,
+            colour=colour,
         )
         terms: dict[str, torch.Tensor] = {}
         if w.translation_weight > 0:  # cross-entropy runs in fp32 under autocast

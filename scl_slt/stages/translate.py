@@ -66,7 +66,9 @@ def compute_losses(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward one (share of a) batch; returns the loss to back-propagate and its terms to log."""
     w = cfg.loss
-    inputs, input_lengths, text_ids, text_mask = loop_parts.batch_to_device(batch, runtime.device)
+    inputs, input_lengths, text_ids, text_mask, colour = loop_parts.batch_to_device(
+        batch, runtime.device
+    )
     with runtime.autocast():
         out = model(
             inputs,
@@ -75,6 +77,7 @@ def compute_losses(
             text_mask=text_mask,
             with_text=False,
             with_decoder=True,
+            colour=colour,
         )
         translation = losses.translation_loss(out.logits, text_ids, text_mask, w.label_smoothing)
     terms = {"translation": translation}
