@@ -126,7 +126,7 @@ class FakeModel(torch.nn.Module):
 class MemorySource:
     """Clip source: (T, 3) features, feature 0 = sample id, T = the record's length."""
 
-    def load(self, record, train):
+    def load(self, record, train, seed=None):
         clip = torch.full((record["length"], 3), 0.5)
         clip[:, 0] = float(record["sample"])
         return clip

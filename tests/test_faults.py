@@ -30,8 +30,9 @@ def _poison_sample(monkeypatch, index: int = 5) -> dict[str, str]:
     original = SignDataset.__getitem__
     poisoned: dict[str, str] = {}
 
-    def getitem(self, i):
-        item = original(self, i)
+    def getitem(self, key):
+        item = original(self, key)
+        i = key[0] if isinstance(key, tuple) else key  # training keys: (index, augmentation seed)
         if self.split == "train" and i == index:
             item["inputs"] = torch.full_like(item["inputs"], float("inf"))
             poisoned["name"] = item["name"]

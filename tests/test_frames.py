@@ -29,6 +29,7 @@ from scl_slt.data.frames import (
     worker_init_fn,
 )
 from scl_slt.data.labels import DataError
+from scl_slt.selection.sampler import RandomBatchSampler, SeededBatches
 
 MEAN = np.asarray(IMAGENET_MEAN).reshape(1, 3, 1, 1)
 STD = np.asarray(IMAGENET_STD).reshape(1, 3, 1, 1)
@@ -302,3 +303,46 @@ def test_augmentation_reproducible_with_workers(tmp_path):
     first = _epoch(dataset, seed=0, workers=2)
     assert torch.equal(first, _epoch(dataset, seed=0, workers=2))
     assert not torch.equal(first, _epoch(dataset, seed=1, workers=2))
+
+
+def _seeded_epoch(dataset, sampler, workers: int) -> list[torch.Tensor]:
+    """The epoch's batches as the training loader builds them: (B, T, 3, H, W) per batch."""
+    loader = DataLoader(
+        dataset,
+        batch_sampler=SeededBatches(sampler, seed=7),
+        num_workers=workers,
+        collate_fn=lambda samples: torch.stack([s["inputs"] for s in samples]),
+        worker_init_fn=worker_init_fn,
+        generator=loader_generator(0),
+    )
+    return list(loader)
+
+
+def test_seeded_augmentation_ignores_workers_ranks_and_resume(tmp_path):
+    """Training batches (SeededBatches): a sample's augmentation depends on where it sits in the
+    epoch only, not on the worker that loads it, the number of workers or ranks, or a resume."""
+    records = []
+    for i in range(8):
+        write_frames(tmp_path / f"c{i}", numbered_clip(6, 18, 18))  # equal lengths: stackable
+        records.append({"name": f"c{i}", "text": "t"})
+    cfg = DataConfig(
+        layout=Layout.gfslt, modality=Modality.frames, resize=18, crop=16, max_frames=4
+    )
+    dataset = SignDataset(records, build_frame_source(cfg, tmp_path, train=True), 4, train=True)
+    sampler = RandomBatchSampler(8, batch_size=4, seed=3)
+    sampler.set_epoch(1)
+    base = _seeded_epoch(dataset, sampler, workers=0)
+    assert len(base) == 2 and not torch.equal(base[0], base[1])
+    for got, want in zip(_seeded_epoch(dataset, sampler, workers=2), base, strict=True):
+        assert torch.equal(got, want)  # other workers, same augmentation
+    sampler.set_epoch(1, start_batch=1)  # resumed mid-epoch
+    (resumed,) = _seeded_epoch(dataset, sampler, workers=2)
+    assert torch.equal(resumed, base[1])
+    ranks = [RandomBatchSampler(8, batch_size=4, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for rank in ranks:
+        rank.set_epoch(1)
+    shares = [_seeded_epoch(dataset, rank, workers=1) for rank in ranks]
+    for b, want in enumerate(base):  # the two ranks' shares make up the one-process batch
+        assert torch.equal(torch.cat([shares[0][b], shares[1][b]]), want)
+    sampler.set_epoch(2)
+    assert not torch.equal(_seeded_epoch(dataset, sampler, workers=0)[0], base[0])

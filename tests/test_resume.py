@@ -67,6 +67,21 @@ CASES = {
         (1, 2, 3),
     ),
     "translate-random": (translate, ["stage=translate", "stage.eval_every=0"], 2, (0, 2, 2)),
+    # augmented frames through 2 workers: seeded per sample, so the resumed batches match too
+    "translate-frames-workers": (
+        translate,
+        [
+            "stage=translate",
+            "stage.eval_every=0",
+            "data=synthetic_frames",
+            "data.synthetic.image_size=16",
+            "data.resize=18",
+            "data.crop=16",
+            "data.num_workers=2",
+        ],
+        2,
+        (0, 2, 2),
+    ),
 }
 
 

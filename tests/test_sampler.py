@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from scl_slt.config import ConfigError, SelectionConfig, SelectionName
 from scl_slt.selection.curriculum import CurriculumBatchSampler
-from scl_slt.selection.sampler import RandomBatchSampler, build_batch_sampler
+from scl_slt.selection.sampler import RandomBatchSampler, SeededBatches, build_batch_sampler
 
 
 def scores(n: int) -> np.ndarray:
@@ -183,3 +183,19 @@ def test_build_trajectory_errors_name_the_file_or_key(tmp_path):
 def test_build_later_selections_raise_config_error(name):
     with pytest.raises(ConfigError, match=f"selection.name.*{name}"):
         build_batch_sampler(SelectionConfig(name=name), 20, 4, epochs=2, seed=0)
+
+
+def test_seeded_batches_key_every_sample_by_its_place_in_the_epoch():
+    sampler = RandomBatchSampler(10, batch_size=4, seed=5, rank=1, world_size=2)
+    sampler.set_epoch(3, start_batch=1)
+    seeded = list(SeededBatches(sampler, seed=11))
+    assert [[i for i, _ in batch] for batch in seeded] == list(sampler)  # the same indices
+    assert len(SeededBatches(sampler, seed=11)) == len(sampler)
+    globals_ = sampler.global_batches(3)
+    for number, batch in enumerate(seeded, start=1):
+        for index, key in batch:
+            seed, epoch, global_batch, position = key
+            assert (seed, epoch, global_batch) == (11, 3, number)
+            assert globals_[global_batch][position] == index  # where the sample sits
+    with pytest.raises(ValueError, match="seed"):
+        SeededBatches(sampler, seed=-1)

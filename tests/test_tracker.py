@@ -83,7 +83,7 @@ class MemorySource:
     def __init__(self, clips):
         self.clips = clips
 
-    def load(self, record, train):
+    def load(self, record, train, seed=None):
         return self.clips[record["name"]]
 
 

@@ -58,10 +58,13 @@ class Clip(NamedTuple):
 
 
 class ClipSource(Protocol):
-    def load(self, record: dict[str, Any], train: bool) -> Clip | torch.Tensor:
+    def load(
+        self, record: dict[str, Any], train: bool, seed: Sequence[int] | None = None
+    ) -> Clip | torch.Tensor:
         """The clip of one record: (T, D) float32 features or (T, 3, H, W) frames (uint8
         pixels with their colour change, or normalised float32 with
-        ``data.frames_uint8=false``); a bare tensor is a clip without colour change."""
+        ``data.frames_uint8=false``); a bare tensor is a clip without colour change. ``seed``
+        (the sample's key from ``SeededBatches``) seeds its augmentation when given."""
 
     def frame_count(self, record: dict[str, Any]) -> int:
         """Frames available for the record (before subsampling); DataError when unreadable."""
@@ -76,7 +79,9 @@ class FeatureSource:
     def path(self, name: str) -> Path:
         return self.root / f"{name}.npy"
 
-    def load(self, record: dict[str, Any], train: bool) -> torch.Tensor:
+    def load(
+        self, record: dict[str, Any], train: bool, seed: Sequence[int] | None = None
+    ) -> torch.Tensor:
         path = self.path(record["name"])
         try:
             arr = np.load(path, mmap_mode="r")
@@ -185,10 +190,17 @@ class SignDataset(Dataset):
     def names(self) -> list[str]:
         return [r["name"] for r in self.records]
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, key: int | tuple[int, Sequence[int]]) -> dict[str, Any] | None:
+        """Sample ``key``: an index, or ``(index, seed)`` from ``SeededBatches`` (the seed of the
+        sample's augmentation; without one it draws from torch's RNG)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         record = self.records[index]
         try:
-            loaded = self.source.load(record, self.train)
+            loaded = (
+                self.source.load(record, self.train)
+                if seed is None
+                else self.source.load(record, self.train, seed)
+            )
         except DataError as e:
             where = f"{self.split} sample {index} {record['name']!r}"
             if self.on_bad_sample is BadSample.error:

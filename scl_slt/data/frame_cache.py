@@ -155,12 +155,12 @@ class CachedFrameSource:
     def frame_count(self, record: dict[str, Any]) -> int:
         return self.cache.shape(record["name"])[0]
 
-    def load(self, record: dict[str, Any], train: bool) -> Clip:
+    def load(self, record: dict[str, Any], train: bool, seed: Sequence[int] | None = None) -> Clip:
         try:
             frames = self.cache.open(record["name"])
         except DataError as e:
             raise DataError(with_known_issue(record, str(e))) from e
-        rng = clip_rng(train and self.train)
+        rng = clip_rng(train and self.train, seed)
         indices = temporal_indices(frames.shape[0], self.max_frames, rng)
         clip = frames if len(indices) == frames.shape[0] else frames[indices]
         return self.transform(clip, rng)

@@ -32,10 +32,14 @@ crop when zoom is 1 and the angle 0, exactly the evaluation crop), pixels outsid
 the border. Colour, clamp and normalisation fold into one multiply-add per channel. Everything runs
 in numpy on uint8 input, so the cache path does no decoding and no float resize.
 
-Reproducibility: augmentation draws its parameters from a numpy generator seeded by one draw of
-torch's RNG, which DataLoader seeds per worker from its ``generator``; pass
-``worker_init_fn=worker_init_fn, generator=loader_generator(seed, rank)`` to the DataLoader and
-runs repeat exactly with ``num_workers > 0``.
+Reproducibility: a clip's augmentation (temporal offset, crop, zoom, angle, colour) comes from one
+numpy generator. In training it is seeded with the sample's key from
+``selection.sampler.SeededBatches`` (run seed, epoch, global batch, position in it), so a sample
+is augmented the same whichever worker loads it, whatever ``num_workers`` and the number of
+ranks, and after a mid-epoch resume. Without a key (a plain DataLoader over the dataset) it is
+seeded by one draw of torch's RNG, which DataLoader seeds per worker from its ``generator``: pass
+``worker_init_fn=worker_init_fn, generator=loader_generator(seed, rank)`` and such runs repeat
+too.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import math
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -402,10 +407,13 @@ class ClipTransform:
         return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
 
 
-def clip_rng(train: bool) -> np.random.Generator | None:
-    """The augmentation generator of one clip, seeded from torch's (per-worker) RNG."""
+def clip_rng(train: bool, seed: Sequence[int] | None = None) -> np.random.Generator | None:
+    """The augmentation generator of one clip (None outside training): seeded with the sample's
+    ``seed`` (``SeededBatches``), else from torch's (per-worker) RNG."""
     if not train:
         return None
+    if seed is not None:
+        return np.random.default_rng([int(x) for x in seed])
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
@@ -455,10 +463,10 @@ class FolderFrameSource:
             raise DataError(with_known_issue(record, str(e))) from e
         return resize_clip(clip, self.resize, self.resize_mode).numpy()
 
-    def load(self, record: dict[str, Any], train: bool) -> Clip:
+    def load(self, record: dict[str, Any], train: bool, seed: Sequence[int] | None = None) -> Clip:
         """(T, 3, crop, crop) uint8 pixels and colour change, or normalised float32
         (``data.frames_uint8``); random only when both the source and the call are train."""
-        rng = clip_rng(train and self.train)
+        rng = clip_rng(train and self.train, seed)
         paths = self.frame_paths(record)
         indices = temporal_indices(len(paths), self.max_frames, rng)
         try:

@@ -128,8 +128,16 @@ class GlobalBatchSampler(abc.ABC):
         self.start_batch = int(start_batch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches(self.epoch)[self.start_batch :]:
-            yield self.shard(batch)
+        for _, _, share in self.positioned_shares():
+            yield share
+
+    def positioned_shares(self) -> Iterator[tuple[int, int, list[int]]]:
+        """What ``__iter__`` yields, with where it sits: (global batch number in the epoch,
+        position of this rank's share inside that global batch, the share)."""
+        batches = self.global_batches(self.epoch)
+        for number in range(self.start_batch, len(batches)):
+            batch = batches[number]
+            yield number, self.rank * len(batch) // self.world_size, self.shard(batch)
 
     def __len__(self) -> int:
         return self.num_batches()
@@ -162,6 +170,29 @@ class RandomBatchSampler(GlobalBatchSampler):
         return [
             order[i : i + self.batch_size].tolist() for i in range(0, order.size, self.batch_size)
         ]
+
+
+class SeededBatches:
+    """A sampler's batches with an augmentation seed per sample: items ``(index, key)``, ``key =
+    (seed, epoch, global batch number, position in the global batch)``.
+
+    ``SignDataset`` seeds the sample's augmentation with ``key``, so a sample gets the same
+    augmentation whichever worker loads it, however many workers and ranks there are, and when a
+    run resumes mid-epoch. Used as ``DataLoader(dataset, batch_sampler=SeededBatches(...))``."""
+
+    def __init__(self, sampler: GlobalBatchSampler, seed: int):
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0 (numpy SeedSequence), got {seed}")
+        self.sampler = sampler
+        self.seed = int(seed)
+
+    def __iter__(self) -> Iterator[list[tuple[int, tuple[int, int, int, int]]]]:
+        epoch = self.sampler.epoch
+        for number, start, share in self.sampler.positioned_shares():
+            yield [(index, (self.seed, epoch, number, start + k)) for k, index in enumerate(share)]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def build_batch_sampler(

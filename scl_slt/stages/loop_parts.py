@@ -31,6 +31,7 @@ from ..models.slt import ModelOutput
 from ..optim import GuardedStep, build_optimizer, build_scheduler, schedule_steps
 from ..run_dir import TOKENIZER_DIR, LossMeter, MetricsWriter, RunContext, open_run
 from ..runtime import Runtime, StopRequest, seed_everything, setup_runtime
+from ..selection.sampler import SeededBatches
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,15 @@ def train_loader(
 ) -> DataLoader:
     """The training loader of one epoch over the sampler's batches.
 
-    Worker seeds come from (seed, rank, epoch) only, never from where the global RNG happens to
-    be. With num_workers=0 augmentation draws from the checkpointed RNG (exact resume); with
-    workers, a mid-epoch resume hands batches to other workers than before.
+    Each sample's augmentation is seeded with (seed, epoch, global batch, position in it)
+    (``SeededBatches``): the same whichever worker loads it, for any ``num_workers`` and number
+    of ranks, and after a mid-epoch resume. Worker seeds (for anything else random in a worker)
+    come from (seed, rank, epoch) only, never from where the global RNG happens to be.
     """
     generator = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_007 + epoch)
     return DataLoader(
         train_set,
-        batch_sampler=sampler,
+        batch_sampler=SeededBatches(sampler, seed),
         collate_fn=collate,
         num_workers=num_workers,
         worker_init_fn=worker_init_fn,
