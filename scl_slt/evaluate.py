@@ -173,7 +173,9 @@ def evaluate_checkpoint(
     )
     dataset = build_split(train_cfg.data, cfg.split, train=False)
     num_workers = train_cfg.data.num_workers if cfg.num_workers is None else cfg.num_workers
-    loader = build_eval_loader(dataset, Collator(tokenizer), cfg.batch_size, num_workers)
+    loader = build_eval_loader(
+        dataset, Collator(tokenizer), cfg.batch_size, num_workers, runtime.pins_memory
+    )
     generation = override_generation(
         train_cfg.model.generation, cfg.num_beams, cfg.max_length, cfg.length_penalty
     )

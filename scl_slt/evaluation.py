@@ -75,9 +75,14 @@ def override_generation(
 
 
 def build_eval_loader(
-    dataset: Dataset, collate_fn: Callable, batch_size: int, num_workers: int = 0
+    dataset: Dataset,
+    collate_fn: Callable,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A loader over the whole split in order; under torch.distributed each rank gets a share.
+    ``pin_memory`` for a CUDA device (page-locked batches, asynchronous copies).
 
     ``DistributedSampler`` (no shuffle, no drop) repeats the first samples so every rank has the
     same number of batches; ``gather_rows`` drops the repeats again.
@@ -97,6 +102,7 @@ def build_eval_loader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )
 
 

@@ -39,6 +39,12 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def pins_memory(self) -> bool:
+        """Whether loaders should page-lock their batches (``pin_memory``): on CUDA, so that the
+        ``non_blocking`` host -> device copies overlap with compute."""
+        return self.device.type == "cuda"
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward-pass precision context: bf16 autocast on CUDA when chosen, else a no-op."""
         if self.dtype is None:

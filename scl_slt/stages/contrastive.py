@@ -237,12 +237,19 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         # Dataset order, no augmentation, and every sample: error mode whatever training does.
         tracker_data = dataclasses.replace(cfg.data, on_bad_sample=BadSample.error)
         tracker_set = build_split(tracker_data, "train", train=False)
-        tracker_loader = DataLoader(
-            tracker_set, batch_size=s.eval_batch_size, shuffle=False, collate_fn=collate
+        tracker_loader = DataLoader(  # in dataset order, also through workers
+            tracker_set,
+            batch_size=s.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=cfg.data.num_workers,
+            pin_memory=runtime.pins_memory,
         )
     dev_loader = None
     if dev_set is not None:
-        dev_loader = build_eval_loader(dev_set, collate, s.eval_batch_size, cfg.data.num_workers)
+        dev_loader = build_eval_loader(
+            dev_set, collate, s.eval_batch_size, cfg.data.num_workers, runtime.pins_memory
+        )
 
     # ---- resume (RNG restored last) or start
     position = loop_parts.restore_or_start(loop, run_ctx, net, cfg.seed, rank, world)
@@ -321,7 +328,14 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         observed: list[tuple[np.ndarray, np.ndarray]] = []  # online_trajectory, this window
         last_synced = False
         loader = loop_parts.train_loader(
-            train_set, sampler, collate, cfg.data.num_workers, cfg.seed, rank, epoch
+            train_set,
+            sampler,
+            collate,
+            cfg.data.num_workers,
+            cfg.seed,
+            rank,
+            epoch,
+            pin_memory=runtime.pins_memory,
         )
         for batch_idx, batch in enumerate(loader, start=start_batch):
             window_size, last_in_window = windows.window_of(batch_idx, accum, n_batches)

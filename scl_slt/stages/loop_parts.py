@@ -87,8 +87,10 @@ def train_loader(
     seed: int,
     rank: int,
     epoch: int,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """The training loader of one epoch over the sampler's batches.
+    """The training loader of one epoch over the sampler's batches (``pin_memory`` for a CUDA
+    device: page-locked batches, so ``batch_to_device``'s copies run asynchronously).
 
     Each sample's augmentation is seeded with (seed, epoch, global batch, position in it)
     (``SeededBatches``): the same whichever worker loads it, for any ``num_workers`` and number
@@ -103,6 +105,7 @@ def train_loader(
         num_workers=num_workers,
         worker_init_fn=worker_init_fn,
         generator=generator,
+        pin_memory=pin_memory,
     )
 
 

@@ -127,7 +127,9 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
     scheduler, guard, manager = loop.scheduler, loop.guard, loop.manager
     dev_loader = None
     if dev_set is not None:
-        dev_loader = build_eval_loader(dev_set, collate, s.eval_batch_size, cfg.data.num_workers)
+        dev_loader = build_eval_loader(
+            dev_set, collate, s.eval_batch_size, cfg.data.num_workers, runtime.pins_memory
+        )
 
     # ---- resume (RNG restored last) or start
     position = loop_parts.restore_or_start(loop, run_ctx, net, cfg.seed, rank, world)
@@ -172,7 +174,14 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         window_terms: list[dict[str, torch.Tensor]] = []
         last_synced = False
         loader = loop_parts.train_loader(
-            train_set, sampler, collate, cfg.data.num_workers, cfg.seed, rank, epoch
+            train_set,
+            sampler,
+            collate,
+            cfg.data.num_workers,
+            cfg.seed,
+            rank,
+            epoch,
+            pin_memory=runtime.pins_memory,
         )
         for batch_idx, batch in enumerate(loader, start=start_batch):
             window_size, last_in_window = windows.window_of(batch_idx, accum, n_batches)
