@@ -190,11 +190,12 @@ def main() -> None:
     naive_s = [loop.wall * scale_to_all, loop.cpu * scale_to_all]
     library_s = [library_loop.wall * scale_to_all, library_loop.cpu * scale_to_all]
     print(f"{'':36s}{'wall clock':>12s}{'CPU time':>12s}")
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
     rows = [
         ("all-pairs time (N x N)", score_s, "s"),
         ("useful rate", useful, "GFLOP/s"),
-        ("plain fp32 matmul rate, before", gemm_before, "GFLOP/s"),
-        ("plain fp32 matmul rate, after", gemm_after, "GFLOP/s"),
+        (f"plain {precision} matmul rate, before", gemm_before, "GFLOP/s"),
+        (f"plain {precision} matmul rate, after", gemm_after, "GFLOP/s"),
         ("useful / matmul (mean of both)", [100 * u / g for u, g in zip(useful, gemm)], "%"),
         (f"naive per-pair loop ({len(pairs)} pairs)", naive_s, "s scaled to N x N"),
         ("speed-up over the naive loop", [n / t for n, t in zip(naive_s, score_s)], "x"),
