@@ -80,32 +80,26 @@ def signcl_term(out: ModelOutput, text_mask: torch.Tensor, w: LossConfig) -> tor
 
 
 def train_loader(
-    train_set: Dataset,
-    sampler: Any,
-    collate: Any,
-    num_workers: int,
-    seed: int,
-    rank: int,
-    epoch: int,
-    pin_memory: bool = False,
+    train_set: Dataset, sampler: Any, collate: Any, cfg: TrainConfig, runtime: Runtime, epoch: int
 ) -> DataLoader:
-    """The training loader of one epoch over the sampler's batches (``pin_memory`` for a CUDA
-    device: page-locked batches, so ``batch_to_device``'s copies run asynchronously).
+    """The training loader of one epoch over the sampler's batches: ``data.num_workers``
+    workers; on CUDA page-locked batches, so ``batch_to_device``'s copies run asynchronously.
 
     Each sample's augmentation is seeded with (seed, epoch, global batch, position in it)
     (``SeededBatches``): the same whichever worker loads it, for any ``num_workers`` and number
     of ranks, and after a mid-epoch resume. Worker seeds (for anything else random in a worker)
     come from (seed, rank, epoch) only, never from where the global RNG happens to be.
     """
+    seed, rank = cfg.seed, runtime.rank
     generator = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_007 + epoch)
     return DataLoader(
         train_set,
         batch_sampler=SeededBatches(sampler, seed),
         collate_fn=collate,
-        num_workers=num_workers,
+        num_workers=cfg.data.num_workers,
         worker_init_fn=worker_init_fn,
         generator=generator,
-        pin_memory=pin_memory,
+        pin_memory=runtime.pins_memory,
     )
 
 

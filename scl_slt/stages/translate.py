@@ -173,16 +173,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         bar = loop_parts.epoch_bar(n_batches, start_batch, epoch, s.epochs, runtime.is_main)
         window_terms: list[dict[str, torch.Tensor]] = []
         last_synced = False
-        loader = loop_parts.train_loader(
-            train_set,
-            sampler,
-            collate,
-            cfg.data.num_workers,
-            cfg.seed,
-            rank,
-            epoch,
-            pin_memory=runtime.pins_memory,
-        )
+        loader = loop_parts.train_loader(train_set, sampler, collate, cfg, runtime, epoch)
         for batch_idx, batch in enumerate(loader, start=start_batch):
             window_size, last_in_window = windows.window_of(batch_idx, accum, n_batches)
             if bad_batches.skip(batch):  # on every rank together (windows.py)
