@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import unicodedata
 from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import normalizers
 
 from scl_slt.config import DataConfig, ModelConfig
+from scl_slt.metrics import compute_metrics
 from scl_slt.models.builder import build_tokenizer
-from scl_slt.models.tokenizer import SLTTokenizer, TokenizerError
+from scl_slt.models.tokenizer import (
+    SLTTokenizer,
+    TokenizerError,
+    restoration_map,
+    train_tiny_backend,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -129,3 +137,53 @@ def test_round_trip_on_real_annotations(dataset, language, code):
     assert covered and tok.decode(tok.encode_targets(covered)[0]) == covered
     if language == "zh":
         assert " " not in "".join(decoded)
+
+
+# ----------------------------------------------------------- a normalising (mBART-like) tokenizer
+def _nfkc_backend(texts: list[str], language: str):
+    """A tokenizer that normalises like mBART-50 (NFKC before encoding), its vocabulary learnt
+    on the normalised texts, so full-width punctuation encodes fine but decodes as ASCII."""
+    backend = train_tiny_backend([unicodedata.normalize("NFKC", t) for t in texts], language, 400)
+    backend.normalizer = normalizers.NFKC()
+    return backend
+
+
+def test_decoding_restores_the_characters_the_normaliser_changed(tmp_path):
+    backend = _nfkc_backend(CHINESE, "zh")
+    restore = restoration_map(backend, CHINESE)
+    assert restore == {"!": "！", ",": "，"}  # "。" has no NFKC form; ASCII text is untouched
+    plain = SLTTokenizer(backend, "zh_CN", "zh", "mbart")
+    tok = SLTTokenizer(backend, "zh_CN", "zh", "mbart", restore)
+    ids, _ = tok.encode_targets(CHINESE)
+    assert plain.decode(ids) == ["你们好!", "今天天气很好,我们去公园吧。", *CHINESE[2:]]
+    assert tok.decode(ids) == CHINESE
+    tok.save(tmp_path / "tok")
+    again = SLTTokenizer.load(tmp_path / "tok")
+    assert again.restore == restore and again.decode(ids) == CHINESE
+
+
+def test_restoration_map_leaves_forms_the_texts_use_themselves_and_spaces():
+    texts = ["a,b，c", "d,e", "x\u3000y", "１２ and 12 12"]  # "," is the texts' own more often
+    backend = _nfkc_backend(texts, "de")
+    assert restoration_map(backend, texts) == {}
+    assert restoration_map(train_tiny_backend(texts, "de", 100), texts) == {}  # no normaliser
+
+
+def test_real_csl_daily_references_survive_a_normalising_tokenizer():
+    """With an NFKC tokenizer, dev/test references (characters covered by train) decode back
+    to themselves, so character-level BLEU against the raw references is 100; without the map
+    most of them lose their full-width punctuation."""
+    texts = _real_texts("csl_daily")
+    backend = _nfkc_backend(texts["train"], "zh")
+    restore = restoration_map(backend, texts["train"])
+    assert {",": "，", "?": "？", "!": "！"}.items() <= restore.items()
+    known = set("".join(texts["train"]))
+    covered = [t for t in texts["dev"] + texts["test"] if set(t) <= known]
+    assert len(covered) > 1500
+    ids, _ = SLTTokenizer(backend, "zh_CN", "zh", "mbart", restore).encode_targets(covered)
+    decoded = SLTTokenizer(backend, "zh_CN", "zh", "mbart", restore).decode(ids)
+    assert decoded == covered
+    assert compute_metrics(decoded, covered, "zh")["bleu4"] == pytest.approx(100.0)
+    damaged = SLTTokenizer(backend, "zh_CN", "zh", "mbart").decode(ids)
+    assert sum(d != t for d, t in zip(damaged, covered)) > len(covered) // 2
+    assert compute_metrics(damaged, covered, "zh")["bleu4"] < 90.0

@@ -22,7 +22,7 @@ from transformers import MBartConfig
 from ..config import DataConfig, LoraConfig, Modality, ModelConfig
 from .sign_embedding import resnet18_weights
 from .slt import TEXT_BRANCH, SignTranslationModel, SpecialTokens
-from .tokenizer import SLTTokenizer
+from .tokenizer import SLTTokenizer, restoration_map
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,27 @@ def build_tokenizer(
     trained on `train_texts`; saved to `out_dir` (the run's `tokenizer/`) when given."""
     path = model_cfg.tokenizer_path or model_cfg.mbart_path
     if path and SLTTokenizer.is_saved_in(os.path.expanduser(path)):
-        tokenizer = SLTTokenizer.load(os.path.expanduser(path))
-        if tokenizer.lang_code != data_cfg.lang_code:
-            tokenizer = SLTTokenizer(
-                tokenizer.backend, data_cfg.lang_code, data_cfg.language, tokenizer.source
-            )
-    elif path:
-        hf_tokenizer = load_pretrained_tokenizer(path)
+        saved = SLTTokenizer.load(os.path.expanduser(path))
         tokenizer = SLTTokenizer(
-            hf_tokenizer.backend_tokenizer, data_cfg.lang_code, data_cfg.language, source="mbart"
+            saved.backend,
+            data_cfg.lang_code,
+            data_cfg.language,
+            saved.source,
+            restoration_map(saved.backend, train_texts),  # this dataset's characters
+        )
+    elif path:
+        backend = load_pretrained_tokenizer(path).backend_tokenizer
+        restore = restoration_map(backend, train_texts)
+        tokenizer = SLTTokenizer(
+            backend, data_cfg.lang_code, data_cfg.language, source="mbart", restore=restore
         )
         log.info("tokenizer from %s: vocabulary %d", path, tokenizer.vocab_size)
+        if restore:
+            log.info(
+                "decoding restores %d character(s) its normaliser changes: %s",
+                len(restore),
+                " ".join(f"{form!r}->{char!r}" for form, char in restore.items()),
+            )
     else:
         tokenizer = SLTTokenizer.train(
             train_texts, data_cfg.language, data_cfg.lang_code, model_cfg.vocab_size

@@ -7,6 +7,15 @@ same special tokens and language codes, so the model and generation code never b
 tokenizer they were given.
 
 Target layout (mBART-50 convention): `[lang_code] tokens </s>`, right-padded with `<pad>`.
+
+Normalisation: mBART-50's tokenizer normalises text before encoding (NFKC-like), so it can never
+output some characters of the references: CSL-Daily's full-width `，？！` come back as `,?!`, and
+character-level scores against the raw references would count every one as an error. The
+tokenizer therefore keeps a **restoration map** built from the training texts
+(`restoration_map`: normalised form -> the dataset's own character, where the dataset writes the
+original form more often than the normalised one) and `decode` applies it, so decoded text is in
+the references' own characters. It is saved with the tokenizer; a tokenizer without a
+normaliser (the tiny one) has an empty map.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -47,6 +57,25 @@ class TokenizerError(ValueError):
 def _char_level(language: str) -> bool:
     """Chinese targets are scored per character, so the tiny tokenizer works per character."""
     return language == "zh"
+
+
+def restoration_map(backend: Tokenizer, texts: Sequence[str]) -> dict[str, str]:
+    """Normalised form -> original character, for the characters of `texts` that the backend's
+    normaliser changes (e.g. NFKC's "，" -> ","), where the texts use the original more often
+    than the normalised form itself (so decoding should restore it). Forms that are only
+    whitespace are never restored; of several originals with one form, the most frequent wins."""
+    if backend.normalizer is None:
+        return {}
+    chars = Counter("".join(texts))
+    joined = "\n".join(texts)
+    restore: dict[str, str] = {}
+    for char, count in chars.most_common():  # most frequent first: it wins a shared form
+        form = backend.normalizer.normalize_str(char)
+        if form == char or not form.strip() or form in restore:
+            continue
+        if joined.count(form) < count:
+            restore[form] = char
+    return restore
 
 
 def train_tiny_backend(texts: Sequence[str], language: str, vocab_size: int) -> Tokenizer:
@@ -83,12 +112,20 @@ class SLTTokenizer:
     """Target-side tokenizer of the translation model (see the module docstring).
 
     `decode` is the exact inverse of `encode_targets` on every text whose characters the
-    vocabulary covers (all training texts of the tiny tokenizer); mBART-50's own normaliser
-    (NFKC) may still change some characters, which `vocab_trim` checks and reports.
+    vocabulary covers (all training texts of the tiny tokenizer). With mBART-50's normaliser the
+    `restore` map (see the module docstring) brings back the characters it changes.
     """
 
-    def __init__(self, backend: Tokenizer, lang_code: str, language: str, source: str):
+    def __init__(
+        self,
+        backend: Tokenizer,
+        lang_code: str,
+        language: str,
+        source: str,
+        restore: Mapping[str, str] | None = None,
+    ):
         self.backend = backend
+        self.restore = dict(restore or {})  # normalised form -> the references' character
         self.backend.no_padding()
         self.backend.no_truncation()
         self.language = language
@@ -121,7 +158,8 @@ class SLTTokenizer:
     ) -> SLTTokenizer:
         """The tiny tokenizer, trained on the training sentences."""
         backend = train_tiny_backend(texts, language, vocab_size)
-        tokenizer = cls(backend, lang_code, language, source="tiny")
+        restore = restoration_map(backend, texts)
+        tokenizer = cls(backend, lang_code, language, source="tiny", restore=restore)
         log.info(
             "trained tiny tokenizer on %d texts: vocabulary %d (%s)",
             len(texts),
@@ -135,7 +173,12 @@ class SLTTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / BACKEND_FILE))
-        meta = {"lang_code": self.lang_code, "language": self.language, "source": self.source}
+        meta = {
+            "lang_code": self.lang_code,
+            "language": self.language,
+            "source": self.source,
+            "restore": self.restore,
+        }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -155,7 +198,12 @@ class SLTTokenizer:
         for key in ("lang_code", "language", "source"):
             if key not in meta:
                 raise TokenizerError(f"{meta_path}: key {key!r} missing")
-        return cls(backend, meta["lang_code"], meta["language"], meta["source"])
+        restore = meta.get("restore", {})  # absent in tokenizers saved before the map existed
+        if not isinstance(restore, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in restore.items()
+        ):
+            raise TokenizerError(f"{meta_path}: 'restore' must map strings to strings")
+        return cls(backend, meta["lang_code"], meta["language"], meta["source"], restore)
 
     @staticmethod
     def is_saved_in(directory: str | os.PathLike) -> bool:
@@ -191,9 +239,21 @@ class SLTTokenizer:
         return [t for t in row[start:end] if t not in specials]
 
     def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
-        """Texts of a batch of ids: target rows, generated rows, with or without the prefix."""
+        """Texts of a batch of ids: target rows, generated rows, with or without the prefix;
+        characters the normaliser changed are restored (``restore``)."""
         rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(r) for r in ids]
-        return self.backend.decode_batch([self._content(r) for r in rows], skip_special_tokens=True)
+        texts = self.backend.decode_batch(
+            [self._content(r) for r in rows], skip_special_tokens=True
+        )
+        if not self.restore:
+            return texts
+        forms = sorted(self.restore, key=len, reverse=True)  # longer forms first: "..." before "."
+        restored = []
+        for text in texts:
+            for form in forms:
+                text = text.replace(form, self.restore[form])
+            restored.append(text)
+        return restored
 
     def __repr__(self) -> str:
         return (
