@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-normalization",
         action="store_true",
-        help="accept references that the full tokenizer's own normaliser changes (e.g. NFKC "
-        "full-width punctuation); trimming-induced changes always fail",
+        help="accept references that the full tokenizer's own normaliser changes and decoding "
+        "cannot restore (full-width punctuation it can, when the train texts prefer it); "
+        "trimming-induced changes always fail",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

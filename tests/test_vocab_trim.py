@@ -119,14 +119,30 @@ def test_trimmed_model_and_tokenizer_are_exact(mbart_dir, tmp_path):
     torch.testing.assert_close(small_logits, full_logits[..., index])
 
 
-def test_texts_the_full_tokenizer_normalises_fail_unless_allowed(mbart_dir, tmp_path):
-    corpus = dict(CORPUS, train=CORPUS["train"] + ["你们好！"])  # NFKC turns "！" into "!"
+def test_mbart_decoding_restores_what_its_normaliser_changes(mbart_dir):
+    """mBART-50's own normaliser (sentencepiece nmt_nfkc) writes "！" as "!"; with training
+    texts that use "！", decoding gives the references' character back."""
+    texts = CORPUS["train"] + ["你们好！"]
+    plain = build_tokenizer(ModelConfig(mbart_path=str(mbart_dir)), DataConfig(), [])
+    tok = build_tokenizer(ModelConfig(mbart_path=str(mbart_dir)), DataConfig(), texts)
+    assert plain.restore == {} and tok.restore == {"!": "！"}
+    ids, _ = tok.encode_targets(["你们好！"])
+    assert plain.decode(ids) == ["你们好!"] and tok.decode(ids) == ["你们好！"]
+
+
+def test_texts_decoding_cannot_restore_fail_unless_allowed(mbart_dir, tmp_path):
+    restorable = dict(CORPUS, train=CORPUS["train"] + ["你们好！"])  # NFKC turns "！" into "!"
+    report = trim_mbart(str(mbart_dir), restorable, tmp_path / "restored", lang_code="zh_CN")
+    assert report["restored_by_decoding"] == {"!": "！"}
+    assert report["normalised_by_full_tokenizer"] == 0
+    # "!" is the corpus's own more often than "！": decoding keeps "!", the text changes
+    ambiguous = dict(CORPUS, train=CORPUS["train"] + ["你们好！", "und! nun!"])
     with pytest.raises(TrimError, match="normalised.*你们好！"):
-        trim_mbart(str(mbart_dir), corpus, tmp_path / "strict", lang_code="zh_CN")
+        trim_mbart(str(mbart_dir), ambiguous, tmp_path / "strict", lang_code="zh_CN")
     report = trim_mbart(
-        str(mbart_dir), corpus, tmp_path / "lenient", lang_code="zh_CN", allow_normalization=True
+        str(mbart_dir), ambiguous, tmp_path / "lenient", lang_code="zh_CN", allow_normalization=True
     )
-    assert report["normalised_by_full_tokenizer"] == 1
+    assert report["normalised_by_full_tokenizer"] == 1 and report["restored_by_decoding"] == {}
 
 
 def test_check_catches_a_trimmed_tokenizer_that_loses_characters(mbart_dir):
@@ -156,7 +172,7 @@ def test_cli_with_label_files_and_text_files(mbart_dir, tmp_path, capsys):
     assert json.loads((out / "trim_report.json").read_text())["texts"]["dev"] == 2
     assert "model.mbart_path=" in capsys.readouterr().out
     bad = tmp_path / "train.txt"
-    bad.write_text("\n".join(CORPUS["train"] + ["你们好！"]) + "\n", encoding="utf-8")
+    bad.write_text("\n".join(CORPUS["train"] + ["你们好！", "und! nun!"]) + "\n", encoding="utf-8")
     args = ["--mbart", str(mbart_dir), "--texts", str(bad), "--out", str(tmp_path / "bad")]
     assert trim_main(args + ["--lang-code", "zh_CN"]) == 1
     assert "FAILED" in capsys.readouterr().err

@@ -10,8 +10,10 @@ The trimmed tokenizer is the full one with unused pieces removed from its Unigra
 it segments every corpus text exactly as the full one did (the best segmentation is still
 available and nothing better was added). `verify_trimmed` proves it on every reference: the
 trimmed ids must be the full ids renumbered, no `<unk>` may appear, and decoding must return the
-reference unchanged. Texts that the full tokenizer itself changes (its NFKC normaliser turns
-e.g. "！" into "!") are reported and fail unless `allow_normalization` is set.
+reference unchanged. Decoding restores what the full tokenizer's NFKC normaliser changes (e.g.
+"！" -> "!" -> "！") through the restoration map learnt on the train texts
+(`tokenizer.restoration_map`); texts it still cannot give back unchanged (the normalised form is
+the corpus's own more often) are reported and fail unless `allow_normalization` is set.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from .builder import load_pretrained_mbart, load_pretrained_tokenizer
-from .tokenizer import SLTTokenizer
+from .tokenizer import SLTTokenizer, restoration_map
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +220,11 @@ def trim_mbart(
     if not all_texts:
         raise TrimError("no reference texts given")
     hf_tokenizer = load_pretrained_tokenizer(mbart_path)
-    full = SLTTokenizer(hf_tokenizer.backend_tokenizer, lang_code, "", source="mbart")
+    restore_from = list(texts_by_split.get("train") or all_texts)  # as training builds it
+    restore = restoration_map(hf_tokenizer.backend_tokenizer, restore_from)
+    full = SLTTokenizer(
+        hf_tokenizer.backend_tokenizer, lang_code, "", source="mbart", restore=restore
+    )
     model = load_pretrained_mbart(mbart_path)
     if model.config.vocab_size != full.vocab_size:
         raise TrimError(
@@ -239,7 +245,11 @@ def trim_mbart(
     (out_dir / KEPT_IDS_FILE).write_text(json.dumps(kept) + "\n", encoding="utf-8")
 
     reloaded = SLTTokenizer(
-        load_pretrained_tokenizer(str(out_dir)).backend_tokenizer, lang_code, "", source="mbart"
+        load_pretrained_tokenizer(str(out_dir)).backend_tokenizer,
+        lang_code,
+        "",
+        source="mbart",
+        restore=restore,
     )
     reloaded_model = load_pretrained_mbart(str(out_dir))
     if not (reloaded.vocab_size == reloaded_model.config.vocab_size == len(kept)):
@@ -258,6 +268,7 @@ def trim_mbart(
         "source": mbart_path,
         "full_vocab": full.vocab_size,
         "kept_vocab": len(kept),
+        "restored_by_decoding": restore,
         **stats,
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
