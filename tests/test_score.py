@@ -245,6 +245,31 @@ def test_one_snapshot_is_not_a_trajectory(tmp_path):
         score.score_run(tmp_path, device="cpu")
 
 
+def test_bf16_precision_on_cpu_scores_close_to_fp32_and_is_its_own_result(tmp_path, monkeypatch):
+    """precision=bf16 runs the all-pairs products in bf16 on the CPU too (auto: fp32 there):
+    scores within bf16 rounding of the fp32 ones, and a change of precision rescores."""
+    samples = make_run(tmp_path, tau=0.1)
+    dtypes = []
+    real = all_pairs.score_all_pairs
+    monkeypatch.setattr(
+        all_pairs, "score_all_pairs", lambda *a, **k: (dtypes.append(k["dtype"]), real(*a, **k))[1]
+    )
+    assert score.main([f"run_dir={tmp_path}", "device=cpu", "precision=bf16"]) == 0
+    assert dtypes == [torch.bfloat16] * 3
+    bf16 = {e: np.load(tmp_path / "scores" / f"S-epoch-{e:04d}.npy") for e in (0, 2, 4)}
+    for e, s in bf16.items():
+        np.testing.assert_allclose(s, similarity_from_model(e, samples, 0.1), atol=2e-2)
+    dtypes.clear()
+    score.score_run(tmp_path, device="cpu")  # auto on CPU: fp32, so every snapshot again
+    assert dtypes == [torch.float32] * 3
+    fp32 = np.load(tmp_path / "scores" / "S-epoch-0004.npy")
+    assert not np.array_equal(fp32, bf16[4])
+    dtypes.clear()
+    score.score_run(tmp_path, device="cpu", precision="fp32")  # the same as auto here: reused
+    assert dtypes == []
+    assert score.main([f"run_dir={tmp_path}", "precision=fp16"]) == 2
+
+
 def test_cli(tmp_path, capsys):
     make_run(tmp_path)
     assert score.main([f"run_dir={tmp_path}", "delta=slope", "device=cpu"]) == 0
