@@ -87,6 +87,9 @@ class DataConfig:
     resize_mode: ResizeMode = ResizeMode.square
     crop: int = 224  # random crop (train) / centre crop (eval) after the resize
     augment: bool = True  # train-time clip-consistent augmentation (frames modality)
+    # augment: chance that each of zoom, rotation, brightness, contrast is applied to a clip (the
+    # lineage's "sometimes 0.5"); 1 applies all four to every clip
+    augment_p: float = 0.5
     rotate_degrees: float = 5.0  # augment: rotation drawn from [-d, d]
     scale_jitter: float = 0.1  # augment: zoom drawn from [1 - j, 1 + j]
     brightness: float = 0.2  # augment: brightness factor drawn from [1 - b, 1 + b]

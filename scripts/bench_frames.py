@@ -1,9 +1,11 @@
 """Frame loading speed: PNG files versus the frame cache, through the training transform.
 
 What is measured: frames/s delivered by the training DataLoader (train split, random temporal
-offset, random crop + zoom + rotation + brightness/contrast, ``num_workers`` workers, the
-project's Collator, batch ``--batch-size``) to a main process that only counts the frames, as a
-training loop receives them before its ``.to(device)``. The two sources share every step after
+offset, random crop + zoom + rotation + brightness/contrast, each of the four applied with chance
+``data.augment_p`` (default 0.5; ``--augment-p 1`` gives every clip all four, so every clip's
+geometry is a gather), ``num_workers`` workers, the project's Collator, batch ``--batch-size``)
+to a main process that only counts the frames, as a training loop receives them before its
+``.to(device)``. The two sources share every step after
 reading (transform, collate, worker -> main hand-off): PNG decode + resize versus slicing the
 memory-mapped cache is the only difference.
 
@@ -26,7 +28,7 @@ less than frames/s, whose ratio then also depends on how the scheduler shares th
 uint8 batches' device step (``normalise_frames`` with colour) run on this CPU, for reference.
 
     python scripts/bench_frames.py [--clips 32] [--rounds 3] [--workers 2] [--batch-size 2]
-        [--formats uint8,float32]
+        [--formats uint8,float32] [--augment-p 0.5]
 """
 
 from __future__ import annotations
@@ -237,6 +239,10 @@ def main() -> None:
         help="batch formats to measure (data.frames_uint8 true / false), comma-separated",
     )  # fmt: skip
     parser.add_argument(
+        "--augment-p", type=float, default=DataConfig.augment_p,
+        help="data.augment_p: chance of each of zoom, rotation, brightness, contrast per clip",
+    )  # fmt: skip
+    parser.add_argument(
         "--lengths-from", type=Path, default=SHARED / "phoenix14t" / "labels.train",
         help="label file whose clip lengths are sampled (default: the real PHOENIX14T train set)",
     )  # fmt: skip
@@ -254,6 +260,7 @@ def main() -> None:
             modality=Modality.frames,
             labels_dir=str(root / "labels"),
             frame_root=str(root / "frames"),
+            augment_p=args.augment_p,
         )
         build_frame_cache(png, root / "cache", splits=("train",), workers=args.workers)
         configs = {
@@ -270,7 +277,8 @@ def main() -> None:
         print(
             f"{args.clips} clips, {total} frames of {WIDTH}x{HEIGHT} PNG "
             f"(mean {png_bytes / 1024:.0f} KiB); resize {png.resize} ({png.resize_mode.value}), "
-            f"train crop {png.crop} + augmentation, max_frames {png.max_frames}; "
+            f"train crop {png.crop} + augmentation (augment_p {png.augment_p}), "
+            f"max_frames {png.max_frames}; "
             f"{args.workers} workers, batch {args.batch_size}; "
             f"median of {args.rounds} alternating rounds after a warm-up epoch"
         )

@@ -180,7 +180,7 @@ def test_train_transform_same_crop_box_for_every_frame():
     clip[:, 0], clip[:, 1] = yy, xx
     clip[:, 2] = (20 * np.arange(t))[:, None, None]
     transform = ClipTransform(
-        crop=32, rotate_degrees=15, scale_jitter=0.2, brightness=0, contrast=0
+        crop=32, augment_p=1.0, rotate_degrees=15, scale_jitter=0.2, brightness=0, contrast=0
     )
     boxes = set()
     for seed in range(5):
@@ -198,7 +198,7 @@ def test_train_colour_augmentation_consistent_and_clamped():
     frame = rng.integers(0, 256, size=(1, 3, 36, 36), dtype=np.uint8)
     clip = np.repeat(frame, 4, axis=0)  # identical frames
     transform = ClipTransform(
-        crop=32, rotate_degrees=5, scale_jitter=0.1, brightness=0.4, contrast=0.4
+        crop=32, augment_p=1.0, rotate_degrees=5, scale_jitter=0.1, brightness=0.4, contrast=0.4
     )
     out = transform(clip, np.random.default_rng(5)).inputs.numpy()
     for t in range(1, 4):
@@ -207,7 +207,9 @@ def test_train_colour_augmentation_consistent_and_clamped():
     assert (out >= low.astype(np.float32) - 1e-6).all() and (
         out <= high.astype(np.float32) + 1e-6
     ).all()
-    plain = ClipTransform(crop=32, rotate_degrees=5, scale_jitter=0.1, brightness=0, contrast=0)
+    plain = ClipTransform(
+        crop=32, augment_p=1.0, rotate_degrees=5, scale_jitter=0.1, brightness=0, contrast=0
+    )
     changed = not np.allclose(out, plain(clip, np.random.default_rng(5)).inputs.numpy())
     assert changed  # the colour did change
 
@@ -224,9 +226,43 @@ def test_colour_fold_matches_naive_brightness_contrast():
     np.testing.assert_allclose(out, naive_normalise(expected), atol=1e-4)
 
 
+def test_augment_p_is_the_chance_of_each_augmentation():
+    """Each of zoom, angle, brightness, contrast applies with chance ``augment_p``, independently;
+    a clip with neither zoom nor angle is a plain crop on whole pixels (returned as a slice)."""
+    height, width, draws = 40, 48, 2000
+    transform = ClipTransform(crop=32, augment_p=0.5)
+    params = [
+        transform.sample_params(np.random.default_rng(s), height, width) for s in range(draws)
+    ]
+    zoomed = np.array([p.size != 32 for p in params])
+    rotated = np.array([p.angle != 0 for p in params])
+    brighter = np.array([p.brightness != 1 for p in params])
+    contrasted = np.array([p.contrast != 1 for p in params])
+    for applied in (zoomed, rotated, brighter, contrasted):
+        assert 0.45 < applied.mean() < 0.55  # binomial(2000, 0.5): sd 0.011
+    assert 0.2 < (zoomed & rotated).mean() < 0.3  # independent: about 0.25
+    assert 0.2 < (brighter & ~contrasted).mean() < 0.3
+    plain = [p for p, z, r in zip(params, zoomed, rotated) if not (z or r)]
+    assert plain and all(transform.is_view(p) for p in plain)
+    assert all(0 <= p.top <= height - 32 and 0 <= p.left <= width - 32 for p in plain)
+    assert len({(p.top, p.left) for p in plain}) > 50  # the crop position is still random
+
+    never = ClipTransform(crop=32, augment_p=0.0)
+    for seed in range(50):
+        p = never.sample_params(np.random.default_rng(seed), height, width)
+        assert never.is_view(p) and (p.brightness, p.contrast) == (1.0, 1.0)
+    assert not never.changes_colour  # no colour key in its batches
+    always = ClipTransform(crop=32, augment_p=1.0)
+    for seed in range(50):
+        p = always.sample_params(np.random.default_rng(seed), height, width)
+        assert p.angle != 0 and p.size != 32 and p.brightness != 1 and p.contrast != 1
+
+
 def test_transform_rejects_bad_values():
     with pytest.raises(ConfigError, match="data.rotate_degrees"):
         ClipTransform(rotate_degrees=-1)
+    with pytest.raises(ConfigError, match="data.augment_p"):
+        ClipTransform(augment_p=1.5)
     with pytest.raises(ConfigError, match="data.crop=32 is larger"):
         ClipTransform(crop=32)(np.zeros((1, 3, 20, 40), dtype=np.uint8))
 

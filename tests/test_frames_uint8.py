@@ -113,7 +113,9 @@ def test_eval_uint8_is_the_centre_crop_and_normalises_to_the_float_path():
 @pytest.mark.parametrize("seed", range(4))
 def test_train_uint8_equals_the_float_path_exactly_and_the_naive_transform(seed):
     clip = np.random.default_rng(10 + seed).integers(0, 256, size=(2, 3, 16, 18), dtype=np.uint8)
-    settings = dict(crop=12, rotate_degrees=10, scale_jitter=0.2, brightness=0.3, contrast=0.3)
+    settings = dict(
+        crop=12, augment_p=1.0, rotate_degrees=10, scale_jitter=0.2, brightness=0.3, contrast=0.3
+    )
     as_uint8 = ClipTransform(**settings, uint8_output=True)
     pixels, colour = as_uint8(clip, np.random.default_rng(seed))
     floats, no_colour = ClipTransform(**settings)(clip, np.random.default_rng(seed))  # same draws

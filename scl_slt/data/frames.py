@@ -11,10 +11,12 @@ One ``load(record, train)`` of a frame source does, for one clip:
    ``square`` (default, as GFSLT-VLP does: every frame to ``resize x resize``, aspect not kept;
    PHOENIX's 210x260 becomes 256x256) or ``short_side`` (shorter side to ``resize``, aspect kept).
 3. **ClipTransform** to ``(T, 3, crop, crop)``: centre crop in evaluation; in training a random
-   crop with zoom (``scale_jitter``) and rotation (``rotate_degrees``) and a brightness /
-   contrast change, ONE set of parameters per clip so every frame gets the same crop box, angle
-   and colour change (motion between frames is the signal; per-frame jitter would add fake
-   motion). Then ImageNet normalisation, in one of two places (``data.frames_uint8``):
+   crop with zoom (``scale_jitter``), rotation (``rotate_degrees``), brightness and contrast
+   change, each applied with chance ``augment_p`` (default 0.5, the lineage's "sometimes 0.5":
+   a quarter of the clips keep the plain crop geometry), ONE set of parameters per clip so every
+   frame gets the same crop box, angle and colour change (motion between frames is the signal;
+   per-frame jitter would add fake motion). Then ImageNet normalisation, in one of two places
+   (``data.frames_uint8``):
 
    - ``true`` (default): the transform returns **uint8 pixels** after the geometric part, and
      the clip's colour change as a per-channel ``(gain, bias)`` pair folded into the
@@ -44,6 +46,7 @@ too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -258,6 +261,7 @@ class ClipTransform:
         self,
         crop: int = 224,
         augment: bool = True,
+        augment_p: float = 0.5,
         rotate_degrees: float = 5.0,
         scale_jitter: float = 0.1,
         brightness: float = 0.2,
@@ -267,6 +271,7 @@ class ClipTransform:
         if crop <= 0:
             raise ConfigError(f"data.crop: must be positive, got {crop}")
         for key, value, upper in (
+            ("augment_p", augment_p, 1.0),
             ("rotate_degrees", rotate_degrees, 180.0),
             ("scale_jitter", scale_jitter, 0.9),
             ("brightness", brightness, 1.0),
@@ -276,6 +281,7 @@ class ClipTransform:
                 raise ConfigError(f"data.{key}: must be in [0, {upper}], got {value}")
         self.crop = crop
         self.augment = augment
+        self.augment_p = augment_p
         self.rotate_degrees = rotate_degrees
         self.scale_jitter = scale_jitter
         self.brightness = brightness
@@ -287,6 +293,7 @@ class ClipTransform:
         return cls(
             crop=cfg.crop,
             augment=cfg.augment,
+            augment_p=cfg.augment_p,
             rotate_degrees=cfg.rotate_degrees,
             scale_jitter=cfg.scale_jitter,
             brightness=cfg.brightness,
@@ -297,7 +304,7 @@ class ClipTransform:
     @property
     def changes_colour(self) -> bool:
         """Whether training clips get a brightness / contrast change."""
-        return self.augment and (self.brightness > 0 or self.contrast > 0)
+        return self.augment and self.augment_p > 0 and (self.brightness > 0 or self.contrast > 0)
 
     def check_size(self, height: int, width: int) -> None:
         if min(height, width) < self.crop:
@@ -313,21 +320,35 @@ class ClipTransform:
         )
 
     def sample_params(self, rng: np.random.Generator, height: int, width: int) -> ClipParams:
-        """Random crop position (and, with ``augment``, zoom, angle, brightness, contrast)."""
+        """Random crop position; with ``augment``, each of zoom, angle, brightness and contrast
+        drawn with chance ``augment_p`` (else left at identity). Without zoom and angle the crop
+        box sits on whole pixels: a plain crop, which ``geometry`` returns as a slice."""
         if not self.augment:
-            top = int(rng.integers(0, height - self.crop + 1))
-            left = int(rng.integers(0, width - self.crop + 1))
-            return ClipParams(top=top, left=left, size=self.crop)
+            return self._plain_crop(rng, height, width)
+        applied = rng.random(4) < self.augment_p  # zoom, angle, brightness, contrast
         zoom = rng.uniform(1.0 - self.scale_jitter, 1.0 + self.scale_jitter)
-        size = min(self.crop / zoom, float(height), float(width))
+        angle = rng.uniform(-self.rotate_degrees, self.rotate_degrees)
+        brightness = rng.uniform(1.0 - self.brightness, 1.0 + self.brightness)
+        contrast = rng.uniform(1.0 - self.contrast, 1.0 + self.contrast)
+        colour = dict(
+            brightness=brightness if applied[2] else 1.0,
+            contrast=contrast if applied[3] else 1.0,
+        )
+        if not (applied[0] or applied[1]):
+            return dataclasses.replace(self._plain_crop(rng, height, width), **colour)
+        size = min(self.crop / zoom, float(height), float(width)) if applied[0] else self.crop
         return ClipParams(
             top=rng.uniform(0.0, height - size),
             left=rng.uniform(0.0, width - size),
             size=size,
-            angle=rng.uniform(-self.rotate_degrees, self.rotate_degrees),
-            brightness=rng.uniform(1.0 - self.brightness, 1.0 + self.brightness),
-            contrast=rng.uniform(1.0 - self.contrast, 1.0 + self.contrast),
+            angle=angle if applied[1] else 0.0,
+            **colour,
         )
+
+    def _plain_crop(self, rng: np.random.Generator, height: int, width: int) -> ClipParams:
+        top = int(rng.integers(0, height - self.crop + 1))
+        left = int(rng.integers(0, width - self.crop + 1))
+        return ClipParams(top=top, left=left, size=self.crop)
 
     def __call__(self, clip: np.ndarray, rng: np.random.Generator | None = None) -> Clip:
         """Evaluation transform without ``rng``; training transform with it."""
