@@ -316,6 +316,36 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+# upper bound of each augmentation setting (all >= 0); ClipTransform checks them with this too
+AUGMENT_RANGES = {
+    "augment_p": 1.0,
+    "rotate_degrees": 180.0,
+    "scale_jitter": 0.9,
+    "brightness": 1.0,
+    "contrast": 1.0,
+}
+
+
+def check_augmentation(**values: float) -> None:
+    """``data.<key>`` in [0, AUGMENT_RANGES[key]] for each given key; raises ConfigError."""
+    for key, value in values.items():
+        upper = AUGMENT_RANGES[key]
+        _check(0.0 <= value <= upper, f"data.{key}", f"must be in [0, {upper}], got {value}")
+
+
+def validate_frames(d: DataConfig) -> None:
+    """The frame pipeline's settings, checked whatever the modality (a bad value is a typo
+    waiting for the day the frames are used)."""
+    _check(d.resize > 0, "data.resize", f"must be positive, got {d.resize}")
+    _check(d.crop > 0, "data.crop", f"must be positive, got {d.crop}")
+    _check(
+        d.crop <= d.resize,
+        "data.crop",
+        f"{d.crop} is larger than the resized frames' shorter side (data.resize={d.resize})",
+    )
+    check_augmentation(**{key: getattr(d, key) for key in AUGMENT_RANGES})
+
+
 def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
     """Check values types cannot express; return the typed object. Raises ConfigError."""
     if isinstance(cfg, DictConfig):
@@ -336,6 +366,7 @@ def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
     _check(cfg.precision in ("auto", "fp32", "bf16"), "precision", f"unknown {cfg.precision!r}")
     _check(d.language in ("de", "zh"), "data.language", f"de | zh, got {d.language!r}")
     _check(d.max_frames > 0, "data.max_frames", "must be positive")
+    validate_frames(d)
     if d.layout is not Layout.synthetic:
         _check(
             any([d.root, d.labels_dir]),

@@ -91,6 +91,12 @@ def test_unknown_key_in_a_yaml_file_is_rejected():
         (["stage.init_from=/tmp"], "stage.init_from"),  # stage 1 does not start from a run
         (["stage=translate", "tracker.enabled=true"], "tracker.enabled"),
         (["resume=/no/such/checkpoint"], "resume"),
+        # frame settings, checked even where the modality (features here) does not use them
+        (["data.augment_p=1.5"], "data.augment_p"),
+        (["data.rotate_degrees=-5"], "data.rotate_degrees"),
+        (["data.scale_jitter=0.95"], "data.scale_jitter"),
+        (["data.crop=300"], "data.crop"),
+        (["data.resize=0"], "data.resize"),
     ],
 )
 def test_bad_values_fail_before_any_work(overrides, key, tiny_overrides, tmp_path):

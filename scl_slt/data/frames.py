@@ -62,7 +62,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..config import ConfigError, DataConfig, ResizeMode
+from ..config import ConfigError, DataConfig, ResizeMode, check_augmentation
 from .dataset import Clip, subsample_indices
 from .labels import DataError
 
@@ -270,15 +270,13 @@ class ClipTransform:
     ):
         if crop <= 0:
             raise ConfigError(f"data.crop: must be positive, got {crop}")
-        for key, value, upper in (
-            ("augment_p", augment_p, 1.0),
-            ("rotate_degrees", rotate_degrees, 180.0),
-            ("scale_jitter", scale_jitter, 0.9),
-            ("brightness", brightness, 1.0),
-            ("contrast", contrast, 1.0),
-        ):
-            if not 0.0 <= value <= upper:
-                raise ConfigError(f"data.{key}: must be in [0, {upper}], got {value}")
+        check_augmentation(
+            augment_p=augment_p,
+            rotate_degrees=rotate_degrees,
+            scale_jitter=scale_jitter,
+            brightness=brightness,
+            contrast=contrast,
+        )
         self.crop = crop
         self.augment = augment
         self.augment_p = augment_p
