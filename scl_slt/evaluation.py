@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .config import GenerationConfig
+from .data.dataset import BatchLoader
 from .distributed import all_gather_object, get_rank, get_world_size, is_initialized
 from .metrics import TOKEN_LEVEL, compute_metrics
 
@@ -94,7 +95,7 @@ def build_eval_loader(
         sampler = DistributedSampler(
             dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=False, drop_last=False
         )
-    return DataLoader(
+    return BatchLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,

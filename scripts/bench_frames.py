@@ -48,7 +48,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from scl_slt.config import DataConfig, Layout, Modality
-from scl_slt.data.dataset import Collator
+from scl_slt.data.dataset import BatchLoader, Collator
 from scl_slt.data.datasets import build_split
 from scl_slt.data.frame_cache import build_frame_cache
 from scl_slt.data.frames import (
@@ -158,7 +158,7 @@ class CpuClock:
 def make_loader(cfg: DataConfig, workers: int, batch_size: int, seed: int) -> DataLoader:
     """The training DataLoader of a split as the stages build it, with persistent workers."""
     clock = CpuClock(workers)
-    loader = DataLoader(
+    loader = BatchLoader(
         build_split(cfg, "train"),
         batch_size=batch_size,
         shuffle=True,

@@ -32,6 +32,8 @@ failed collates to **None**; the loop must skip that step on every rank together
 
 from __future__ import annotations
 
+import collections
+import copy
 import logging
 import math
 import os
@@ -42,7 +44,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..config import BadSample
 from .labels import DataError
@@ -260,11 +262,91 @@ def _write_through_shared_file(batch: torch.Tensor, clips: list[torch.Tensor]) -
     return True
 
 
-class Collator:
-    """Pads clips in time and tokenises target texts (see the batch contract above)."""
+# Worker -> main process hand-off through reused buffers (``BatchLoader``). A fresh
+# shared-memory batch costs the worker a tmpfs page allocation per 4 KiB and the main process the
+# mapping, page faults and freeing, together several times the copy itself; a worker therefore
+# keeps its last few batch buffers and refills one once the main process has released it. Byte 0
+# of a buffer's header is 1 from the moment the worker takes it until the main process has copied
+# the batch out. Memory: up to 4 batch buffers per worker (CPU runs only: see BatchLoader).
+_HEADER = 64  # bytes before the batch data (keeps float32 / int64 data aligned)
+_RING_SIZE = 4  # buffers a worker keeps: DataLoader's prefetch of 2 batches, plus slack
+_RELEASE = "_release"  # batch key of the header byte, popped by ``adopt_batch``
 
-    def __init__(self, tokenizer: Any):
+
+class _BufferRing:
+    """The shared-memory batch buffers one worker process may refill."""
+
+    def __init__(self, size: int = _RING_SIZE):
+        self.buffers: collections.deque[torch.UntypedStorage] = collections.deque(maxlen=size)
+
+    def take(self, nbytes: int) -> tuple[torch.Tensor, bool]:
+        """(uint8 view of a whole buffer with at least ``nbytes`` after the header, marked taken;
+        whether it is new). A new buffer reads as zeros; appending it drops the least recently
+        used one from the ring (the main process keeps its own mapping while it needs one)."""
+        for buffer in self.buffers:
+            if buffer[0] == 0 and buffer.nbytes() - _HEADER >= nbytes:  # released, large enough
+                self.buffers.remove(buffer)
+                self.buffers.append(buffer)
+                fresh = False
+                break
+        else:  # 25 % headroom: clip lengths vary from batch to batch
+            buffer = torch.UntypedStorage._new_shared(_HEADER + nbytes + nbytes // 4)
+            self.buffers.append(buffer)
+            fresh = True
+        raw = torch.empty(0, dtype=torch.uint8).set_(buffer)
+        raw[0] = 1
+        return raw, fresh
+
+
+_ring: _BufferRing | None = None  # per process; only DataLoader workers create one
+
+
+def _ring_batch(
+    like: torch.Tensor, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(batch buffer of ``shape``, its release byte, whether the buffer is new) from this
+    worker's ring."""
+    global _ring
+    if _ring is None:
+        _ring = _BufferRing()
+    nbytes = math.prod(shape) * like.element_size()
+    raw, fresh = _ring.take(nbytes)
+    inputs = raw[_HEADER : _HEADER + nbytes].view(like.dtype).view(shape)
+    return inputs, raw[:1], fresh
+
+
+def adopt_batch(batch: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A batch as received from a worker, with ``inputs`` in this process's own memory: a batch
+    in a reused worker buffer is copied out and the buffer released to its worker."""
+    if batch is None or _RELEASE not in batch:
+        return batch
+    release = batch.pop(_RELEASE)
+    shared = batch["inputs"]
+    inputs = _empty_batch(shared, tuple(shared.shape))  # not in a worker: private memory
+    inputs.copy_(shared)
+    batch["inputs"] = inputs
+    release.zero_()  # after the copy: the worker may now refill the buffer
+    _mapped.append(shared.untyped_storage())
+    return batch
+
+
+# The buffers this process last copied batches out of, kept mapped: torch's receiving side finds
+# a buffer it still maps by its file and reuses the mapping, so a refilled buffer's next batch
+# costs no mmap and no page faults. Bounded: an old buffer is unmapped (and freed once its
+# worker has dropped it too) after 16 newer ones.
+_mapped: collections.deque[torch.UntypedStorage] = collections.deque(maxlen=16)
+
+
+class Collator:
+    """Pads clips in time and tokenises target texts (see the batch contract above).
+
+    ``reuse_buffers`` (set by ``BatchLoader``, which copies such batches out on arrival): in a
+    DataLoader worker, batches are written into buffers the worker reuses; a plain DataLoader
+    must not use it, or its batches' ``inputs`` would be overwritten."""
+
+    def __init__(self, tokenizer: Any, reuse_buffers: bool = False):
         self.tokenizer = tokenizer
+        self.reuse_buffers = reuse_buffers
 
     def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
         samples = [s for s in samples if s is not None]  # skipped bad samples
@@ -272,9 +354,13 @@ class Collator:
             return None
         lengths = torch.tensor([s["inputs"].shape[0] for s in samples], dtype=torch.long)
         first = samples[0]["inputs"]
-        inputs = _empty_batch(first, (len(samples), int(lengths.max()), *first.shape[1:]))
+        shape = (len(samples), int(lengths.max()), *first.shape[1:])
         clips = [s["inputs"] for s in samples]
-        fresh_shared_file = get_worker_info() is not None  # see _empty_batch
+        release, fresh_shared_file = None, get_worker_info() is not None  # see _empty_batch
+        if fresh_shared_file and self.reuse_buffers:
+            inputs, release, fresh_shared_file = _ring_batch(first, shape)
+        else:
+            inputs = _empty_batch(first, shape)
         if not (fresh_shared_file and _write_through_shared_file(inputs, clips)):
             for i, clip in enumerate(clips):
                 inputs[i, : clip.shape[0]] = clip
@@ -296,4 +382,32 @@ class Collator:
                 names = [s["name"] for s in samples]
                 raise ValueError(f"samples {names}: some carry a colour change, some do not")
             batch["colour"] = torch.stack([s["colour"] for s in samples])  # (B, 2, 3)
+        if release is not None:
+            batch[_RELEASE] = release
         return batch
+
+
+class BatchLoader(DataLoader):
+    """The project's DataLoader: with workers and a ``Collator``, workers hand batches over in
+    buffers they reuse, and each batch is copied out of its buffer as it arrives, so a loop sees
+    ordinary tensors it may keep. The buffers save the worker a shared-memory page allocation
+    and the main process the mapping and freeing, per batch (``scripts/bench_frames.py``).
+
+    Not with ``pin_memory`` (the stages pin on CUDA): there the pinning thread copies batches
+    already and its copies would never release a buffer; such loaders hand over fresh shared
+    memory as DataLoader does."""
+
+    def __init__(self, dataset: Dataset, *args: Any, **kwargs: Any):
+        collate = kwargs.get("collate_fn")
+        if (
+            isinstance(collate, Collator)
+            and kwargs.get("num_workers", 0) > 0
+            and not kwargs.get("pin_memory", False)
+        ):
+            kwargs["collate_fn"] = copy.copy(collate)
+            kwargs["collate_fn"].reuse_buffers = True
+        super().__init__(dataset, *args, **kwargs)
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield adopt_batch(batch)

@@ -51,6 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .. import distributed
+from ..data.dataset import BatchLoader
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def _shard_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
     """This rank's strided share of the loader's dataset, batched the same way."""
     dataset = loader.dataset
     batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
-    return DataLoader(
+    return BatchLoader(
         Subset(dataset, range(rank, len(dataset), world)),
         batch_size=batch_size,
         shuffle=False,

@@ -42,14 +42,13 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
 from .. import distributed as dist_utils
 from .. import losses
 from ..alignment_metrics import evaluate_alignment
 from ..checkpoint import save_resumable
 from ..config import BadSample, SelectionName, TrainConfig
-from ..data.dataset import Collator
+from ..data.dataset import BatchLoader, Collator
 from ..data.datasets import build_split
 from ..evaluation import build_eval_loader
 from ..models import builder
@@ -237,7 +236,7 @@ def _train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRe
         # Dataset order, no augmentation, and every sample: error mode whatever training does.
         tracker_data = dataclasses.replace(cfg.data, on_bad_sample=BadSample.error)
         tracker_set = build_split(tracker_data, "train", train=False)
-        tracker_loader = DataLoader(  # in dataset order, also through workers
+        tracker_loader = BatchLoader(  # in dataset order, also through workers
             tracker_set,
             batch_size=s.eval_batch_size,
             shuffle=False,

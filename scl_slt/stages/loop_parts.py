@@ -25,6 +25,7 @@ from .. import distributed as dist_utils
 from .. import losses
 from ..checkpoint import CheckpointManager, LoopState
 from ..config import LossConfig, TrainConfig, validate_train
+from ..data.dataset import BatchLoader
 from ..data.frames import worker_init_fn
 from ..evaluation import evaluate_split
 from ..models.slt import ModelOutput
@@ -92,7 +93,7 @@ def train_loader(
     """
     seed, rank = cfg.seed, runtime.rank
     generator = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 10_007 + epoch)
-    return DataLoader(
+    return BatchLoader(
         train_set,
         batch_sampler=SeededBatches(sampler, seed),
         collate_fn=collate,
