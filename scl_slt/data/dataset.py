@@ -315,9 +315,15 @@ def _ring_batch(
     return inputs, raw[:1], fresh
 
 
-def adopt_batch(batch: dict[str, Any] | None) -> dict[str, Any] | None:
+def adopt_batch(
+    batch: dict[str, Any] | None, mapped: collections.deque | None = None
+) -> dict[str, Any] | None:
     """A batch as received from a worker, with ``inputs`` in this process's own memory: a batch
-    in a reused worker buffer is copied out and the buffer released to its worker."""
+    in a reused worker buffer is copied out and the buffer released to its worker.
+
+    ``mapped`` (``BatchLoader``'s, bounded) keeps the buffers last copied from mapped in this
+    process: torch's receiving side finds a buffer it still maps by its file and reuses the
+    mapping, so a refilled buffer's next batch costs no mmap and no page faults."""
     if batch is None or _RELEASE not in batch:
         return batch
     release = batch.pop(_RELEASE)
@@ -326,15 +332,9 @@ def adopt_batch(batch: dict[str, Any] | None) -> dict[str, Any] | None:
     inputs.copy_(shared)
     batch["inputs"] = inputs
     release.zero_()  # after the copy: the worker may now refill the buffer
-    _mapped.append(shared.untyped_storage())
+    if mapped is not None:
+        mapped.append(shared.untyped_storage())
     return batch
-
-
-# The buffers this process last copied batches out of, kept mapped: torch's receiving side finds
-# a buffer it still maps by its file and reuses the mapping, so a refilled buffer's next batch
-# costs no mmap and no page faults. Bounded: an old buffer is unmapped (and freed once its
-# worker has dropped it too) after 16 newer ones.
-_mapped: collections.deque[torch.UntypedStorage] = collections.deque(maxlen=16)
 
 
 class Collator:
@@ -407,7 +407,12 @@ class BatchLoader(DataLoader):
             kwargs["collate_fn"] = copy.copy(collate)
             kwargs["collate_fn"].reuse_buffers = True
         super().__init__(dataset, *args, **kwargs)
+        # as many buffers as the workers keep; an older one is unmapped here (and freed once its
+        # worker has dropped it too)
+        self._mapped: collections.deque = collections.deque(
+            maxlen=max(1, self.num_workers) * _RING_SIZE
+        )
 
     def __iter__(self):
         for batch in super().__iter__():
-            yield adopt_batch(batch)
+            yield adopt_batch(batch, self._mapped)
