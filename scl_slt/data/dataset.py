@@ -222,6 +222,13 @@ class SignDataset(Dataset):
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.uint8: np.uint8}
 
 
+def _numpy_copyable(batch: torch.Tensor, clips: list[torch.Tensor]) -> bool:
+    """Whether the batch and its clips are CPU tensors of one dtype numpy handles."""
+    return batch.dtype in _NUMPY_DTYPES and all(
+        t.dtype == batch.dtype and t.device.type == "cpu" for t in (batch, *clips)
+    )
+
+
 def _empty_batch(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised batch buffer. In a DataLoader worker it is created in shared memory, as
     torch's default_collate does, so sending it to the main process copies nothing; elsewhere it
@@ -246,8 +253,7 @@ def _write_through_shared_file(batch: torch.Tensor, clips: list[torch.Tensor]) -
     if (
         not hasattr(os, "pwrite")
         or torch.multiprocessing.get_sharing_strategy() != "file_descriptor"
-        or batch.dtype not in _NUMPY_DTYPES
-        or any(clip.dtype != batch.dtype or clip.device.type != "cpu" for clip in clips)
+        or not _numpy_copyable(batch, clips)
     ):
         return False
     fd = batch.untyped_storage()._share_fd_cpu_()[0]  # the file behind the fresh shared storage
@@ -343,8 +349,7 @@ def adopt_batch(
 def _fill_batch(batch: torch.Tensor, clips: list[torch.Tensor]) -> None:
     """``batch[i] = clip`` zero-padded in time; numpy (one thread) where it can: torch's
     multi-threaded copy into freshly allocated pages runs several times slower."""
-    numpy_ok = batch.dtype in _NUMPY_DTYPES and batch.device.type == "cpu"
-    if numpy_ok and all(c.dtype == batch.dtype and c.device.type == "cpu" for c in clips):
+    if _numpy_copyable(batch, clips):
         out = batch.numpy()
         for i, clip in enumerate(clips):
             out[i, : clip.shape[0]] = clip.numpy()
