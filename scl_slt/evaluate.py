@@ -12,9 +12,9 @@ Decoding settings default to the run's ``model.generation`` and can be overridde
 (``num_beams=``, ``max_length=``, ``length_penalty=``). A stage-1 checkpoint still holds the text
 branch: then video->text / text->video retrieval (R@1/5/10, median rank) on the split and, when
 its records carry gloss alignments, the Sign Density Ratio are reported too
-(``scl_slt.alignment_metrics``): printed, and written to ``metrics.json`` as its ``alignment``
+(``scl_slt.eval.alignment``): printed, and written to ``metrics.json`` as its ``alignment``
 section (``evaluate_checkpoint`` returns them; ``evaluate`` returns the translation metrics
-alone). The work itself lives in ``scl_slt.evaluation``; this file only wires the run's pieces
+alone). The work itself lives in ``scl_slt.eval.translation``; this file only wires the run's pieces
 together.
 """
 
@@ -29,18 +29,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .alignment_metrics import RETRIEVAL_KEYS, evaluate_alignment
-from .checkpoint import load_weights, resolve_checkpoint
-from .config import (
-    ConfigError,
-    EvaluateConfig,
-    TrainConfig,
-    register_configs,
-    to_container,
-)
+from .config import ConfigError, EvaluateConfig, TrainConfig, register_configs, to_container
 from .data.dataset import Collator
 from .data.datasets import build_split
-from .evaluation import (
+from .eval.alignment import RETRIEVAL_KEYS, evaluate_alignment
+from .eval.metrics import LANGUAGES
+from .eval.translation import (
     SPLIT_PURPOSE,
     build_eval_loader,
     evaluate_split,
@@ -48,8 +42,8 @@ from .evaluation import (
     override_generation,
     write_predictions,
 )
-from .metrics import LANGUAGES
-from .runtime import setup_runtime, shutdown_process_group
+from .rundir.checkpoint import load_weights, resolve_checkpoint
+from .training.runtime import setup_runtime, shutdown_process_group
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +122,7 @@ def load_model(
     from .models.builder import build_model, load_submodules
     from .models.slt import TEXT_BRANCH
     from .models.tokenizer import SLTTokenizer
-    from .run_dir import TOKENIZER_DIR
+    from .rundir.layout import TOKENIZER_DIR
 
     tokenizer = SLTTokenizer.load(run_dir / TOKENIZER_DIR)
     if checkpoint in ("best", "last"):

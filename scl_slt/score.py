@@ -215,7 +215,7 @@ def _synthetic_confusable_pairs(run_dir: Path, snapshot: Snapshot) -> list[tuple
         return None
     from .config import DataConfig
     from .data.labels import labels_path, read_labels
-    from .data.synthetic import ensure_synthetic
+    from .data.synthetic.generate import ensure_synthetic
 
     data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), data))
     root = ensure_synthetic(data_cfg.synthetic, data_cfg.modality)

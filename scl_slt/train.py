@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, StageName, register_configs, validate_train
 from .distributed import is_main_process
-from .runtime import TrainingInterrupted, shutdown_process_group
+from .training.runtime import TrainingInterrupted, shutdown_process_group
 
 
 def run_stage(cfg: DictConfig) -> dict:

@@ -32,7 +32,7 @@ from scl_slt.selection.curriculum import (
     build_curriculum_batches,
     load_pair_scores,
 )
-from scl_slt.selection.sampler import RandomBatchSampler, epoch_generator
+from scl_slt.selection.samplers import RandomBatchSampler, epoch_generator
 
 
 def write_random_scores(path: Path, n: int, seed: int) -> None:

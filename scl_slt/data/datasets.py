@@ -46,7 +46,7 @@ def _records(labels_dir: Path, split: str) -> list[dict]:
 
 
 def _synthetic_root(cfg: DataConfig) -> Path:
-    from .synthetic import ensure_synthetic
+    from .synthetic.generate import ensure_synthetic
 
     return Path(ensure_synthetic(cfg.synthetic, cfg.modality))
 

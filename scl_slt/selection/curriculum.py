@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, Schedule
-from .sampler import GlobalBatchSampler, epoch_generator
+from .samplers import GlobalBatchSampler, epoch_generator
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ from .curriculum import (
     epoch_alpha,
     settings_identity,
 )
-from .sampler import GlobalBatchSampler, epoch_generator
+from .samplers import GlobalBatchSampler, epoch_generator
 
 log = logging.getLogger(__name__)
 

@@ -45,17 +45,22 @@ from omegaconf import DictConfig
 
 from .. import distributed as dist_utils
 from .. import losses
-from ..alignment_metrics import evaluate_alignment
-from ..checkpoint import save_resumable
 from ..config import BadSample, SelectionName, TrainConfig
 from ..data.dataset import BatchLoader, Collator
 from ..data.datasets import build_split
-from ..evaluation import build_eval_loader
+from ..eval.alignment import evaluate_alignment
+from ..eval.translation import build_eval_loader
 from ..models import builder
 from ..models.similarity import pairwise_similarity
 from ..models.slt import ModelOutput
-from ..run_dir import LossMeter, RunContext, run_tokenizer
-from ..runtime import (
+from ..rundir.checkpoint import save_resumable
+from ..rundir.layout import LossMeter, RunContext, run_tokenizer
+from ..selection.online import OnlineTrajectory
+from ..selection.samplers import build_batch_sampler
+from ..selection.tracker import SnapshotTracker, fingerprint_of, snapshots_dir
+from ..training import loop as loop_parts
+from ..training import windows
+from ..training.runtime import (
     Runtime,
     StopRequest,
     TrainingInterrupted,
@@ -64,10 +69,6 @@ from ..runtime import (
     unwrap,
     wrap_for_training,
 )
-from ..selection.online import OnlineTrajectory
-from ..selection.sampler import build_batch_sampler
-from ..selection.tracker import SnapshotTracker, fingerprint_of, snapshots_dir
-from . import loop_parts, windows
 
 log = logging.getLogger(__name__)
 

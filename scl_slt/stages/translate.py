@@ -28,14 +28,17 @@ import torch
 from omegaconf import DictConfig
 
 from .. import losses
-from ..checkpoint import load_weights, resolve_checkpoint, run_dir_of, save_resumable
 from ..config import TrainConfig
 from ..data.dataset import Collator
 from ..data.datasets import build_split
-from ..evaluation import build_eval_loader
+from ..eval.translation import build_eval_loader
 from ..models import builder
-from ..run_dir import TOKENIZER_DIR, LossMeter, RunContext, run_tokenizer
-from ..runtime import (
+from ..rundir.checkpoint import load_weights, resolve_checkpoint, run_dir_of, save_resumable
+from ..rundir.layout import TOKENIZER_DIR, LossMeter, RunContext, run_tokenizer
+from ..selection.samplers import build_batch_sampler
+from ..training import loop as loop_parts
+from ..training import windows
+from ..training.runtime import (
     Runtime,
     StopRequest,
     TrainingInterrupted,
@@ -44,8 +47,6 @@ from ..runtime import (
     unwrap,
     wrap_for_training,
 )
-from ..selection.sampler import build_batch_sampler
-from . import loop_parts, windows
 
 log = logging.getLogger(__name__)
 
