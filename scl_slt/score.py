@@ -3,70 +3,27 @@
     python -m scl_slt.score run_dir=runs/reference [delta=slope] [threshold=per_snapshot] [device=cpu]
         [precision=bf16]
 
-Steps (method §4.2-4.3):
-1. every complete snapshot under ``<run_dir>/snapshots/`` is loaded; snapshots of different
-   samples or configs are refused;
-2. each snapshot's N x N similarity ``S^k`` is computed with ``score_all_pairs`` (the function the
-   loss uses, at the run's similarity method and tau read from ``<run_dir>/config.yaml``; without
-   that file or key the defaults of ``SimilarityConfig`` apply: cico, tau 0.07) into
-   ``scores/S-epoch-NNNN.npy`` (fp16), completed by ``S-epoch-NNNN.json``; a finished one is
-   reused, so an interrupted scoring resumes where it stopped;
-3. ``pair_scores.npy`` (N x N fp16, ``delta[i, j]`` for video i and text j, dataset order,
-   memory-mappable) and ``pair_scores.json`` (names hash, N, snapshots, method, threshold);
-4. the H/L categories and ``trajectory/summary.json`` + ``trajectory/categories.png``. Pair sets
-   whose categories are compared with all negatives: duplicate targets (from the snapshot texts)
-   and, on the synthetic data, pairs differing only by confusable glosses.
-
-Disk: each S^k is N^2 x 2 bytes (PHOENIX14T train: 101 MB; CSL-Daily: 677 MB).
+Writes ``<run_dir>/scores/S-epoch-NNNN.npy`` (one N x N similarity per snapshot, reused when an
+interrupted scoring is run again), ``pair_scores.npy`` (+ ``.json``), the delta the curriculum
+reads, and the report ``trajectory/summary.json`` + ``categories.png``; the steps are described in
+``scl_slt/selection/pair_scores/trajectory.py`` (``score_run``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import time
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, SimilarityConfig, SimilarityMethod
-from .selection.tracker import Snapshot, names_hash, snapshots_dir
-from .selection.trajectory import (
-    DeltaMethod,
-    ThresholdMode,
-    categorize,
-    category_enrichment,
-    confusable_pairs,
-    duplicate_target_pairs,
-    load_snapshots,
-    trajectory_delta,
-    write_report,
-)
-
-log = logging.getLogger("scl_slt.score")
-
-SCORES_DIRNAME = "scores"
-PAIR_SCORES = "pair_scores.npy"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-    def dtype(self, device: str | torch.device) -> torch.dtype:
-        """The products' dtype on ``device`` (auto: bf16 on CUDA, fp32 elsewhere)."""
-        if self is Precision.auto:
-            return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        return torch.bfloat16 if self is Precision.bf16 else torch.float32
+from .config import ConfigError
+from .selection.pair_scores.trajectory import SCORES_DIRNAME, Precision, score_run
+from .selection.trajectory import DeltaMethod, ThresholdMode
+from .selection.trajectory_report import REPORT_DIRNAME
 
 
 @dataclass
@@ -78,255 +35,6 @@ class ScoreConfig:
     # products of the all-pairs scoring: auto = bf16 on CUDA, fp32 on CPU; bf16 also on a CPU
     # with native bf16 (AVX512-BF16 / AMX: about 2x faster there, scores within ~1e-3)
     precision: Precision = Precision.auto
-
-
-def similarity_settings(run_dir: Path) -> tuple[SimilarityMethod, float]:
-    """The run's similarity method and tau from config.yaml (SimilarityConfig defaults if absent)."""
-    defaults = SimilarityConfig()
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        log.warning(
-            "%s not found: scoring with the default similarity (%s, tau=%s)",
-            path,
-            defaults.method.value,
-            defaults.tau,
-        )
-        return defaults.method, defaults.tau
-    try:
-        cfg = OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the run config: {e}") from e
-    method = OmegaConf.select(cfg, "model.similarity.method", default=None)
-    tau = OmegaConf.select(cfg, "model.similarity.tau", default=None)
-    if method is None or tau is None:
-        log.warning("%s has no model.similarity.method/tau: using the defaults", path)
-    try:
-        method = SimilarityMethod(defaults.method if method is None else method)
-    except ValueError as e:
-        raise ConfigError(f"{path}: model.similarity.method: unknown {method!r}") from e
-    tau = float(defaults.tau if tau is None else tau)
-    if tau <= 0:
-        raise ConfigError(f"{path}: model.similarity.tau must be positive, got {tau}")
-    return method, tau
-
-
-def _token_set(features: np.ndarray, lengths: np.ndarray):
-    from .models.all_pairs import TokenSet
-
-    # A copy in memory: the snapshot's read-only memmap cannot back a torch tensor.
-    return TokenSet(np.array(features), np.array(lengths))
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, ensure_ascii=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def score_snapshot(
-    snapshot: Snapshot,
-    scores_dir: Path,
-    method: SimilarityMethod,
-    tau: float,
-    device: str | torch.device | None = None,
-    precision: Precision | str = Precision.auto,
-) -> Path:
-    """``S^k`` of one snapshot as an fp16 .npy, reused when a matching finished one exists."""
-    from .models.all_pairs import score_all_pairs
-
-    npy = scores_dir / f"S-{snapshot.path.name}.npy"
-    marker = npy.with_suffix(".json")
-    key = {
-        "snapshot": snapshot.path.name,
-        "epoch": snapshot.epoch,
-        "snapshot_created": snapshot.created,
-        "fingerprint": snapshot.fingerprint,
-        "names_sha256": names_hash(snapshot.names),
-        "method": method.value,
-        "tau": tau,
-        "device": torch.device(device).type if device is not None else "cpu",
-    }
-    dtype = Precision(precision).dtype(device or "cpu")
-    if dtype != Precision.auto.dtype(device or "cpu"):  # keys of default runs stay as they were
-        key["precision"] = str(dtype).removeprefix("torch.")
-    if npy.is_file() and marker.is_file():
-        try:
-            done = json.loads(marker.read_text()).get("key")
-        except (OSError, ValueError):
-            done = None
-        if done == key:
-            log.info("epoch %d: reusing %s", snapshot.epoch, npy)
-            return npy
-        log.info(
-            "epoch %d: %s was computed for another snapshot or setting: redoing",
-            snapshot.epoch,
-            npy,
-        )
-    n = snapshot.num_samples
-    start = time.time()
-    tmp = npy.with_name(npy.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, n))
-    score_all_pairs(
-        _token_set(snapshot.video_features, snapshot.video_lengths),
-        _token_set(snapshot.text_features, snapshot.text_lengths),
-        method=method,
-        tau=tau,
-        device=device,
-        dtype=dtype,
-        out=out,
-    )
-    out.flush()
-    del out
-    _fsync(tmp)
-    marker.unlink(missing_ok=True)
-    os.replace(tmp, npy)
-    _write_json_atomic(marker, {"key": key, "seconds": round(time.time() - start, 2)})
-    log.info(
-        "epoch %d: scored %d x %d pairs in %.1fs -> %s",
-        snapshot.epoch,
-        n,
-        n,
-        time.time() - start,
-        npy,
-    )
-    return npy
-
-
-def _open(paths: list[Path]):
-    for path in paths:
-        yield np.load(path, mmap_mode="r")
-
-
-def _synthetic_confusable_pairs(run_dir: Path, snapshot: Snapshot) -> list[tuple[int, int]] | None:
-    """Confusable-gloss pairs when the run used the synthetic data (its meta lists the twins)."""
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        return None
-    data = OmegaConf.select(OmegaConf.load(cfg_path), "data", default=None)
-    if data is None or OmegaConf.select(data, "layout", default=None) != "synthetic":
-        return None
-    from .config import DataConfig
-    from .data.labels import labels_path, read_labels
-    from .data.synthetic.generate import ensure_synthetic
-
-    data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), data))
-    root = ensure_synthetic(data_cfg.synthetic, data_cfg.modality)
-    meta_path = Path(root) / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    if "confusable_pairs" not in meta:
-        raise KeyError(f"{meta_path}: no 'confusable_pairs' entry")
-    records = read_labels(labels_path(root, "train"))
-    by_name = {rec.get("name", name): rec for name, rec in records.items()}
-    missing = [n for n in snapshot.names if n not in by_name]
-    if missing:
-        log.warning(
-            "synthetic labels lack %d snapshot samples (e.g. %s): no confusable set",
-            len(missing),
-            missing[0],
-        )
-        return None
-    glosses = [by_name[n]["gloss"].split() for n in snapshot.names]
-    twins = [tuple(p) for p in meta["confusable_pairs"]]
-    return confusable_pairs(glosses, snapshot.texts, twins)
-
-
-def score_run(
-    run_dir: str | os.PathLike,
-    delta: DeltaMethod | str = DeltaMethod.endpoints,
-    threshold: ThresholdMode | str = ThresholdMode.last_median,
-    device: str | torch.device | None = None,
-    precision: Precision | str = Precision.auto,
-) -> Path:
-    """Score every snapshot of a tracked run and write pair scores and the report.
-
-    Returns the path of ``pair_scores.npy``. Resumable: finished snapshot scores are reused.
-    """
-    run_dir = Path(run_dir)
-    delta, threshold = DeltaMethod(delta), ThresholdMode(threshold)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    snapshots = load_snapshots(snapshots_dir(run_dir))
-    if len(snapshots) < 2:
-        raise ValueError(
-            f"{snapshots_dir(run_dir)} holds {len(snapshots)} complete snapshot(s); a trajectory "
-            "needs at least two (the run must be tracked past its first interval)"
-        )
-    method, tau = similarity_settings(run_dir)
-    epochs = [s.epoch for s in snapshots]
-    n = snapshots[0].num_samples
-    log.info(
-        "scoring %d snapshots (epochs %s) of %d samples: %s, tau=%s",
-        len(snapshots),
-        epochs,
-        n,
-        method.value,
-        tau,
-    )
-    scores_dir = run_dir / SCORES_DIRNAME
-    scores_dir.mkdir(parents=True, exist_ok=True)
-    s_paths = [score_snapshot(s, scores_dir, method, tau, device, precision) for s in snapshots]
-
-    pair_path = run_dir / PAIR_SCORES
-    tmp = pair_path.with_name(pair_path.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, n))
-    trajectory_delta(_open(s_paths), epochs, delta, out=out)
-    out.flush()
-    del out
-    _fsync(tmp)
-    os.replace(tmp, pair_path)
-    snapshot_info = [
-        {"epoch": s.epoch, "snapshot": str(s.path), "scores": str(p)}
-        for s, p in zip(snapshots, s_paths)
-    ]
-    _write_json_atomic(
-        pair_path.with_suffix(".json"),
-        {
-            "file": PAIR_SCORES,
-            "layout": "delta[i, j] for video i and text j of the train split, dataset order",
-            "dtype": "float16",
-            "num_samples": n,
-            "names_sha256": names_hash(snapshots[0].names),
-            "names_hash_rule": "sha256 of the sample names joined by newlines",
-            "fingerprint": snapshots[0].fingerprint,
-            "snapshots": snapshot_info,
-            "delta": delta.value,
-            "threshold": threshold.value,
-            "similarity": {"method": method.value, "tau": tau},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
-    log.info("pair scores -> %s", pair_path)
-
-    S = [np.load(p, mmap_mode="r") for p in s_paths]
-    categories = categorize(S[0], S[-1], threshold)
-    pair_sets = {"duplicate_target": duplicate_target_pairs(snapshots[0].texts)}
-    confusable = _synthetic_confusable_pairs(run_dir, snapshots[0])
-    if confusable is not None:
-        pair_sets["confusable_gloss"] = confusable
-    enrichment = category_enrichment(categories, pair_sets)
-    write_report(
-        run_dir,
-        S,
-        epochs,
-        categories,
-        delta=np.load(pair_path, mmap_mode="r"),
-        enrichment=enrichment,
-        info={
-            "delta": delta.value,
-            "similarity": {"method": method.value, "tau": tau},
-            "snapshots": snapshot_info,
-            "pair_scores": str(pair_path),
-        },
-    )
-    return pair_path
 
 
 def parse_args(argv: list[str]) -> ScoreConfig:
@@ -346,14 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = score_run(cfg.run_dir, cfg.delta, cfg.threshold, cfg.device, cfg.precision)
     run_dir = Path(cfg.run_dir)
-    summary = json.loads((run_dir / "trajectory" / "summary.json").read_text())
+    report = run_dir / REPORT_DIRNAME
+    summary = json.loads((report / "summary.json").read_text())
     print("category shares over negative pairs:")
     for name, share in summary["shares"].items():
         print(f"  {name}: {100 * share:5.1f} %")
     print(f"similarity matrices: {run_dir / SCORES_DIRNAME}")
     print(f"pair scores:         {path} (+ {path.with_suffix('.json').name})")
-    print(f"report:              {run_dir / 'trajectory' / 'summary.json'}")
-    print(f"figure:              {run_dir / 'trajectory' / 'categories.png'}")
+    print(f"report:              {report / 'summary.json'}")
+    print(f"figure:              {report / 'categories.png'}")
     return 0
 
 

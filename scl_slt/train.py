@@ -13,25 +13,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .config import ConfigError, StageName, register_configs, validate_train
+from .config import ConfigError, register_configs
 from .distributed import is_main_process
+from .stages import run_stage
 from .training.runtime import TrainingInterrupted, shutdown_process_group
-
-
-def run_stage(cfg: DictConfig) -> dict:
-    """Validate, then dispatch on ``stage.name`` (the in-process API behind the CLI)."""
-    typed = validate_train(cfg)
-    if typed.stage.name is StageName.contrastive:
-        from .stages import contrastive as stage
-    else:
-        from .stages import translate as stage
-    return stage.run(typed)
-
 
 register_configs()
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base=None)
+@hydra.main(config_path="configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         result = run_stage(cfg)

@@ -48,16 +48,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from scl_slt.config import DataConfig, Layout, Modality
-from scl_slt.data.dataset import BatchLoader, Collator
+from scl_slt.data.batching import BatchLoader, Collator, loader_generator, worker_init_fn
 from scl_slt.data.datasets import build_split
 from scl_slt.data.frame_cache import build_frame_cache
-from scl_slt.data.frames import (
-    ClipParams,
-    ClipTransform,
-    loader_generator,
-    normalise_frames,
-    worker_init_fn,
-)
+from scl_slt.data.frames import ClipParams, ClipTransform, normalise_frames
 from scl_slt.data.labels import read_labels, write_labels
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -5,23 +5,24 @@
 #
 #   scripts/reproduce_paper.sh OUT_DIR
 #
-# Every run is one of the experiment configs (configs/experiment/<dataset>_<name>.yaml), launched
-# as a Hydra multirun over experiments x seeds with runs_root=OUT_DIR, so the runs chain through
-# their config paths: OUT_DIR/<dataset>/seed<S>/<run> (row of the component table in brackets):
-#   reference   <dataset>_reference   random contrastive stage, snapshots every 5 epochs  [w/ CL]
+# Every run is one of the experiment configs (configs/experiment/<name>.yaml, the same file for
+# both datasets), launched per dataset as a Hydra multirun over experiments x seeds with
+# `experiment=<name> data=<dataset> runs_root=OUT_DIR`, so the runs chain through their config
+# paths: OUT_DIR/<dataset>/seed<S>/<run> (row of the component table in brackets):
+#   reference   experiment=reference  random contrastive stage, snapshots every 5 epochs  [w/ CL]
 #   (scoring)   python -m scl_slt.score -> reference/pair_scores.npy
-#   scl         <dataset>_scl         selective contrastive stage (log schedule, CiCo)    [w/ SCL]
-#   scl-slt     <dataset>_translate   translation from scl                                 [SCL-SLT]
-#   cl-slt      <dataset>_cl_slt      translation from reference                           [CL-SLT]
-#   baseline    <dataset>_baseline    translation from scratch                 [baseline end-to-end]
+#   scl         experiment=scl        selective contrastive stage (log schedule, CiCo)    [w/ SCL]
+#   scl-slt     experiment=translate  translation from scl                                 [SCL-SLT]
+#   cl-slt      experiment=cl_slt     translation from reference                           [CL-SLT]
+#   baseline    experiment=baseline   translation from scratch                 [baseline end-to-end]
 # The reference run is the random contrastive stage of the paper's "w/ CL" and "CL-SLT" rows too
 # (same model, loss and hyper-parameters; the snapshots do not change training), which saves one
 # 80-epoch stage per seed. Every run is evaluated on test with its best-on-dev checkpoint.
 # With ABLATIONS=1 (default) the ablations of the joint (one-stage, w/ SCL) setting follow for the
 # datasets in ABLATION_DATASETS (the paper reports them on PHOENIX-2014-T), under ablation/:
-#   schedule-{hard_only,easy_only,linear,sqrt}  <dataset>_schedule_*  (log is scl)
-#   interval-{1,10}     <dataset>_interval_*    from reference-interval-{1,10} (5 is scl)
-#   similarity-{cls,mean}  <dataset>_similarity_*  from reference-{cls,mean} (CiCo is scl)
+#   schedule-{hard_only,easy_only,linear,sqrt}  experiment=schedule_*  (log is scl)
+#   interval-{1,10}     experiment=interval_*    from reference-interval-{1,10} (5 is scl)
+#   similarity-{cls,mean}  experiment=similarity_*  from reference-{cls,mean} (CiCo is scl)
 # Note: with DELTA=endpoints (the paper's default, and this script's) the pair scores use only
 # the first and the last snapshot, so the interval cannot change them; set DELTA=slope (for every
 # run of this script) for an interval ablation that can differ.
@@ -33,13 +34,16 @@
 #       (nothing is downloaded); MBART_PATH_PHOENIX14T / MBART_PATH_CSL_DAILY override it per
 #       dataset, e.g. a trimmed model from `python -m scl_slt.trim_vocab`.
 #   The ImageNet ResNet-18 weights come from the local torch hub cache (model.sign_embedding).
-#   DATASETS ["phoenix14t csl_daily"]  SEEDS ["0 1 2"]  DELTA [endpoints]
-#   ABLATIONS [1]  ABLATION_DATASETS [phoenix14t]
+#   DATASETS ["phoenix14t csl_daily"]: data configs (configs/data/), each passed as data=<dataset>;
+#       e.g. phoenix14t_features for pre-extracted features (runs still go to OUT_DIR/phoenix14t,
+#       which follows data.name; name it in ABLATION_DATASETS too for its ablations)
+#   SEEDS ["0 1 2"]  DELTA [endpoints]  ABLATIONS [1]  ABLATION_DATASETS [phoenix14t]
 #   NPROC [1]: GPUs per run (torch.distributed.run, DDP; then runs go one by one instead of as a
 #       Hydra multirun); the global batch stays 16 / 8.
-#   PYTHON [python]  EXTRA [""]: more Hydra overrides for every training run (they come last, so
-#       `EXTRA="data=synthetic model=tiny stage.epochs=2"` runs the whole grid on the synthetic
-#       data: runs go to OUT_DIR/synthetic/..., since run dirs follow data.name).
+#   PYTHON [python]  EXTRA [""]: more Hydra overrides for every training run (they come last and
+#       win over this script's data=<dataset>, so `EXTRA="data=synthetic model=tiny
+#       stage.epochs=2"` runs the whole grid on the synthetic data: runs go to
+#       OUT_DIR/synthetic/..., since run dirs follow data.name).
 #
 # GPU and time needs (not measured here: this repository's machines had no GPU and no mBART
 # weights; measure before planning): each run holds mBART-large-50 (visual encoder, frozen text
@@ -72,7 +76,8 @@ read -r -a EXTRA_OVERRIDES <<<"${EXTRA:-}"
 SEED_LIST=$(echo "$SEEDS" | tr -s ' ' ',' | sed 's/^,//; s/,$//')
 START=$SECONDS
 
-# sweep EXPERIMENT...: train every experiment for every seed (COMMON overrides, then EXTRA).
+# sweep EXPERIMENT...: train every experiment for every seed on the current dataset (COMMON
+# overrides, data=<dataset> among them, then EXTRA).
 sweep() {
   if ((NPROC > 1)); then
     local experiment seed
@@ -125,21 +130,18 @@ for dataset in $DATASETS; do
   key=$(echo "$dataset" | tr '[:lower:]' '[:upper:]')
   mbart_var="MBART_PATH_$key"
   mbart=${!mbart_var:-${MBART_PATH:-}}  # unset: configs/model/mbart_large_50.yaml's path
-  COMMON=("runs_root=$OUT" resume=auto ${mbart:+"model.mbart_path=$mbart"})
+  COMMON=("data=$dataset" "runs_root=$OUT" resume=auto ${mbart:+"model.mbart_path=$mbart"})
   echo "== $dataset, seeds $SEEDS: component table"
-  sweep "${dataset}_reference"
+  sweep reference
   score_references
-  sweep "${dataset}_scl"
-  sweep "${dataset}_translate" "${dataset}_cl_slt" "${dataset}_baseline"
+  sweep scl
+  sweep translate cl_slt baseline
   if [[ $ABLATIONS == 1 && " $ABLATION_DATASETS " == *" $dataset "* ]]; then
     echo "== $dataset, seeds $SEEDS: ablations (one stage, w/ SCL)"
-    sweep "${dataset}_reference_interval_1" "${dataset}_reference_interval_10" \
-      "${dataset}_reference_cls" "${dataset}_reference_mean"
+    sweep reference_interval_1 reference_interval_10 reference_cls reference_mean
     score_references
-    sweep "${dataset}_schedule_hard_only" "${dataset}_schedule_easy_only" \
-      "${dataset}_schedule_linear" "${dataset}_schedule_sqrt" \
-      "${dataset}_interval_1" "${dataset}_interval_10" \
-      "${dataset}_similarity_cls" "${dataset}_similarity_mean"
+    sweep schedule_hard_only schedule_easy_only schedule_linear schedule_sqrt \
+      interval_1 interval_10 similarity_cls similarity_mean
   fi
   evaluate_runs
 done

@@ -24,9 +24,9 @@
 #   EXTRA ["" ]     (more Hydra overrides for every training run, e.g. "stage.lr=3e-4")
 #   SCL_SLT_CACHE   [OUT_DIR/cache]  where the synthetic data is generated
 #   ABLATIONS [0]   1: also the paper's ablation tables (schedule, interval, pooling), by running
-#                   the PHOENIX14T experiment grid of scripts/reproduce_paper.sh (Hydra multiruns)
-#                   on the synthetic data with the tiny model and its stage settings (not
-#                   EXPERIMENT's), every stage CONTRASTIVE_EPOCHS long, into OUT_DIR/grid/synthetic/seed<S>/; its report is OUT_DIR/grid/report
+#                   the experiment grid of scripts/reproduce_paper.sh (Hydra multiruns) with
+#                   DATASETS=synthetic (data=synthetic) and the tiny model and its stage settings
+#                   (not EXPERIMENT's), every stage CONTRASTIVE_EPOCHS long, into OUT_DIR/grid/synthetic/seed<S>/; its report is OUT_DIR/grid/report
 # The defaults are a short schedule in which the one-stage rows (stage-1 runs) and the baseline
 # train equally long (12 epochs); the two-stage rows train 12 + 12. The reference run only needs
 # its snapshots (4 epochs, interval 2).
@@ -95,8 +95,8 @@ if [[ ${ABLATIONS:-0} == 1 ]]; then
   # The tiny model's stage settings (configs/experiment/tiny.yaml) over the grid's paper ones.
   grid=("${TRAIN_OVERRIDES[@]}" "device=$DEVICE" "stage.epochs=$CONTRASTIVE_EPOCHS"
         stage.batch_size=16 stage.lr=1e-3 stage.warmup_epochs=1.0)
-  PYTHON=$PYTHON SEEDS=$SEEDS DATASETS=phoenix14t ABLATIONS=1 EXTRA="${grid[*]}" \
-    bash "$(dirname "$0")/reproduce_paper.sh" "$OUT/grid"
+  PYTHON=$PYTHON SEEDS=$SEEDS DATASETS=synthetic ABLATION_DATASETS=synthetic ABLATIONS=1 \
+    EXTRA="${grid[*]}" bash "$(dirname "$0")/reproduce_paper.sh" "$OUT/grid"
 fi
 
 echo "== report (seeds $SEED_LIST)"

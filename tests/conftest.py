@@ -15,7 +15,6 @@ import pytest
 from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
 
 TINY_OVERRIDES = (
     "device=cpu",
@@ -42,13 +41,9 @@ TINY_OVERRIDES = (
 
 def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """configs/train.yaml + overrides, through Hydra's compose API (no validation yet)."""
-    from hydra import compose, initialize_config_dir
+    from scl_slt.config import compose_config
 
-    from scl_slt.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_config("train", overrides)
 
 
 @pytest.fixture(scope="session")

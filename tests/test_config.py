@@ -12,8 +12,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scl_slt.config import ConfigError, TrainConfig, validate_train
-from scl_slt.train import run_stage
+from scl_slt.config import ConfigError, TrainConfig
+from scl_slt.config_checks import validate_train
+from scl_slt.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ official    corpus CSVs / ``csl2020ct_v2.pkl``          release folders (``offic
 ==========  ==========================================  ===========================================
 
 Features (``modality=features``) are ``<feature_root>/<name>.npy`` for every layout. With
-``data.frame_cache`` set, frames come from the cache instead of files (``frame_cache.py``).
+``data.frame_cache`` set, frames come from the cache instead of files (``frame_store.py``; built
+by ``frame_cache.py``).
 Label files and ``csl2020ct_v2.pkl`` are pickles: they are loaded only from the paths configured.
 """
 
@@ -25,14 +26,16 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import BadSample, ConfigError, DataConfig, Layout, Modality
+from ..config import CONFIG_DIR, BadSample, ConfigError, DataConfig, Layout, Modality
 from . import official
 from .dataset import ClipSource, FeatureSource, SignDataset
+from .frame_files import FolderFrameSource
+from .frame_store import CachedFrameSource, FrameCache
+from .frames import ClipTransform
 from .labels import DataError, labels_path, read_labels
+from .synthetic.generate import ensure_synthetic
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _records(labels_dir: Path, split: str) -> list[dict]:
@@ -46,8 +49,6 @@ def _records(labels_dir: Path, split: str) -> list[dict]:
 
 
 def _synthetic_root(cfg: DataConfig) -> Path:
-    from .synthetic.generate import ensure_synthetic
-
     return Path(ensure_synthetic(cfg.synthetic, cfg.modality))
 
 
@@ -95,9 +96,29 @@ def build_source(cfg: DataConfig, train: bool) -> ClipSource:
     """Features or frames (files or cache) for the configured layout and modality."""
     if cfg.modality is Modality.features:
         return FeatureSource(feature_root_of(cfg))
-    from .frames import build_frame_source
-
     return build_frame_source(cfg, frame_root=frame_root_of(cfg), train=train)
+
+
+def build_frame_source(
+    cfg: DataConfig, frame_root: Path, train: bool
+) -> FolderFrameSource | CachedFrameSource:
+    """The frame source of a split: the frame cache when ``data.frame_cache`` is set, else files.
+
+    ``train`` allows random temporal sampling and augmentation (``data.augment``); a set cache
+    folder without an index is an error (build it first; see ``scl_slt.data.frame_cache``)."""
+    if cfg.resize <= 0:
+        raise ConfigError(f"data.resize: must be positive, got {cfg.resize}")
+    if cfg.max_frames <= 0:
+        raise ConfigError(f"data.max_frames: must be positive, got {cfg.max_frames}")
+    transform = ClipTransform.from_config(cfg)
+    if cfg.frame_cache:
+        cache = FrameCache(Path(cfg.frame_cache).expanduser())
+        cache.check_matches(cfg)
+        log.info("reading frames from the frame cache %s", cache.root)
+        return CachedFrameSource(cache, transform, cfg.max_frames, train=train)
+    return FolderFrameSource(
+        frame_root, transform, cfg.max_frames, cfg.resize, cfg.resize_mode, train=train
+    )
 
 
 def _fill_lengths(records: list[dict[str, Any]], source: ClipSource) -> None:

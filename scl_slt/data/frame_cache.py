@@ -1,13 +1,9 @@
-"""The frame cache: a dataset's frames decoded and resized once, stored as raw uint8 arrays.
+"""Building the frame cache: a dataset's frames decoded and resized once, stored as raw uint8 arrays.
 
-Decoding PNG/JPEG and resizing dominate a frame loader's time; the cache pays that once. Layout::
-
-    <cache>/index.json                      {"version", "resize", "resize_mode", "clips", "failed"}
-    <cache>/clips/<name>.npy                uint8 (T, 3, H, W), frames already resized
-
-``name`` is the record name (``train/<id>`` for PHOENIX14T, so it may hold a ``/``). Each clip is
-written to a temporary file and renamed, so a clip file is either complete or absent; the index is
-rewritten atomically every few hundred clips and at the end. An interrupted conversion resumes
+Decoding PNG/JPEG and resizing dominate a frame loader's time; the cache pays that once. The
+layout and the reading side are in ``frame_store.py``. Each clip is written atomically
+(``rundir.atomic``), so a clip file is either complete or absent; the index is rewritten
+atomically every few hundred clips and at the end. An interrupted conversion resumes
 where it stopped (clip files present are adopted, not redone). Clips whose frames cannot be read
 are listed under ``failed`` with the reason and retried on the next run; the loader treats them as
 bad samples (``data.on_bad_sample``).
@@ -25,145 +21,28 @@ frames at ``data.resize`` / ``data.resize_mode``; the loader refuses a cache bui
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import DataConfig, ResizeMode
-from .dataset import Clip
-from .frames import (
-    ClipTransform,
-    clip_frame_paths,
-    clip_rng,
-    decode_frames,
-    resize_clip,
-    temporal_indices,
-    with_known_issue,
-)
+from ..rundir.atomic import atomic_path, write_json_atomic
+from .datasets import data_config_from_args, frame_root_of, split_records
+from .frame_files import clip_frame_paths, decode_frames, resize_clip, with_known_issue
+from .frame_store import CLIPS, FORMAT_VERSION, INDEX, FrameCache, clip_relpath
 from .labels import SPLITS, DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-INDEX = "index.json"
-CLIPS = "clips"
 FLUSH_EVERY = 200  # clips between index rewrites during a conversion
-
-
-def clip_relpath(name: str) -> Path:
-    """``clips/<name>.npy``; names that would escape the cache folder are rejected."""
-    parts = PurePosixPath(name).parts
-    if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
-        raise DataError(f"sample name {name!r} cannot be a frame cache path")
-    return Path(CLIPS, *parts[:-1], parts[-1] + ".npy")
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
-class FrameCache:
-    """Read side of a frame cache folder (the index is read once, clips on demand)."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        path = self.root / INDEX
-        if not path.is_file():
-            raise DataError(
-                f"data.frame_cache={self.root}: no {INDEX} there; build the cache with "
-                f"`python -m scl_slt.data.frame_cache data=... out={self.root}` or unset "
-                "data.frame_cache to read the frame files"
-            )
-        try:
-            index = json.loads(path.read_text())
-            self.version = int(index["version"])
-            self.resize = int(index["resize"])
-            self.resize_mode = ResizeMode(index["resize_mode"])
-            self.clips: dict[str, list[int]] = dict(index["clips"])
-            self.failed: dict[str, str] = dict(index.get("failed", {}))
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"frame cache index {path} is malformed: {e}") from e
-        if self.version != FORMAT_VERSION:
-            raise DataError(
-                f"frame cache {path}: format version {self.version}, expected {FORMAT_VERSION}"
-            )
-
-    def check_matches(self, cfg: DataConfig) -> None:
-        if self.resize != cfg.resize or self.resize_mode is not ResizeMode(cfg.resize_mode):
-            raise DataError(
-                f"frame cache {self.root} holds frames resized to {self.resize} "
-                f"({self.resize_mode.value}) but data.resize={cfg.resize} "
-                f"data.resize_mode={ResizeMode(cfg.resize_mode).value}; rebuild it or match them"
-            )
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.clips
-
-    def shape(self, name: str) -> tuple[int, int, int]:
-        """(T, H, W) of a cached clip."""
-        if name not in self.clips:
-            reason = self.failed.get(name)
-            detail = f": conversion failed: {reason}" if reason else ""
-            raise DataError(f"clip {name!r} is not in the frame cache {self.root}{detail}")
-        t, h, w = self.clips[name]
-        return t, h, w
-
-    def open(self, name: str) -> np.ndarray:
-        """The clip as a read-only memory map, uint8 (T, 3, H, W)."""
-        t, h, w = self.shape(name)
-        path = self.root / clip_relpath(name)
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except FileNotFoundError as e:
-            raise DataError(f"frame cache file missing for {name!r}: {path}") from e
-        except (ValueError, OSError) as e:
-            raise DataError(f"frame cache file unreadable for {name!r}: {path}: {e}") from e
-        if arr.dtype != np.uint8 or arr.shape != (t, 3, h, w):
-            raise DataError(
-                f"frame cache file {path}: {arr.dtype} {arr.shape}, index says uint8 {(t, 3, h, w)}"
-            )
-        return arr
-
-
-class CachedFrameSource:
-    """Frames sliced from the frame cache: no decoding, no resize; same transform as files."""
-
-    def __init__(
-        self,
-        cache: FrameCache,
-        transform: ClipTransform,
-        max_frames: int = 300,
-        train: bool = False,
-    ):
-        self.cache = cache
-        self.transform = transform
-        self.max_frames = max_frames
-        self.train = train
-
-    def frame_count(self, record: dict[str, Any]) -> int:
-        return self.cache.shape(record["name"])[0]
-
-    def load(self, record: dict[str, Any], train: bool, seed: Sequence[int] | None = None) -> Clip:
-        try:
-            frames = self.cache.open(record["name"])
-        except DataError as e:
-            raise DataError(with_known_issue(record, str(e))) from e
-        rng = clip_rng(train and self.train, seed)
-        indices = temporal_indices(frames.shape[0], self.max_frames, rng)
-        clip = frames if len(indices) == frames.shape[0] else frames[indices]
-        return self.transform(clip, rng)
 
 
 # ------------------------------------------------------------------------------- conversion
@@ -171,15 +50,10 @@ def convert_clip(
     paths: Sequence[Path], target: Path, resize: int, mode: ResizeMode
 ) -> tuple[int, int, int]:
     """Decode, resize and store one clip atomically; returns (T, H, W)."""
-    clip = resize_clip(decode_frames(list(paths)), resize, mode).numpy()
+    clip = resize_clip(decode_frames(list(paths)), resize, mode).numpy()  # (T, 3, H, W) uint8
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(clip))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(clip))
     return clip.shape[0], clip.shape[2], clip.shape[3]
 
 
@@ -192,6 +66,11 @@ def _convert_task(task: tuple[str, dict, str, str, int, str]) -> tuple[str, list
         return name, list(shape), ""
     except DataError as e:
         return name, None, with_known_issue(record, str(e))
+
+
+def _write_index(root: Path, index: dict[str, Any]) -> None:
+    """The index, compact (it lists every clip) and atomic: readers see the old or the new one."""
+    write_json_atomic(root / INDEX, index, indent=None)
 
 
 def _adopt(path: Path) -> list[int] | None:
@@ -212,8 +91,6 @@ def build_frame_cache(
     workers: int = 0,
 ) -> dict[str, Any]:
     """Convert the frames of ``splits`` into a cache at ``out`` (resumable); returns the index."""
-    from .datasets import frame_root_of, split_records
-
     root = Path(out).expanduser()
     (root / CLIPS).mkdir(parents=True, exist_ok=True)
     mode = ResizeMode(cfg.resize_mode)
@@ -242,7 +119,7 @@ def build_frame_cache(
             tasks.append((name, record, str(frames_at), str(root), cfg.resize, mode.value))
             queued.add(name)
             planned_frames += int(record.get("length") or 0)
-    _write_json_atomic(root / INDEX, index)
+    _write_index(root, index)
     log.info(
         "frame cache %s: %d clips present, %d to convert (about %.1f GiB at %d px)",
         root,
@@ -268,22 +145,20 @@ def build_frame_cache(
                 index["clips"][name] = shape
                 index["failed"].pop(name, None)
             if done % FLUSH_EVERY == 0:
-                _write_json_atomic(root / INDEX, index)
+                _write_index(root, index)
                 rate = done / max(time.monotonic() - started, 1e-9)
                 log.info("frame cache: %d / %d clips (%.1f clips/s)", done, len(tasks), rate)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-        _write_json_atomic(root / INDEX, index)
+        _write_index(root, index)
     return index
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m scl_slt.data.frame_cache data=<name|yaml> [data.key=value ...] out=DIR
     [splits=train,dev,test] [workers=N]``; exit code 1 when some clips could not be converted."""
-    from .datasets import data_config_from_args
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg, extra = data_config_from_args(
         sys.argv[1:] if argv is None else argv, ("out", "splits", "workers")

@@ -1,4 +1,4 @@
-"""RGB frames: decoding, the clip transform of the paper's lineage, and the frame sources.
+"""The clip transform of the paper's lineage: time sampling, crop, augmentation, normalisation.
 
 One ``load(record, train)`` of a frame source does, for one clip:
 
@@ -6,10 +6,9 @@ One ``load(record, train)`` of a frame source does, for one clip:
    training evenly strided from a random offset (``stride = T / max_frames``), in evaluation
    evenly spaced and deterministic (``dataset.subsample_indices``).
 2. **Reading** the chosen frames as uint8 ``(T, 3, H, W)`` resized to ``data.resize``: PNG/JPEG
-   files decoded and resized (``FolderFrameSource``), or slices of the memory-mapped frame cache,
-   which stores the frames already resized (``frame_cache.CachedFrameSource``). Resize modes:
-   ``square`` (default, as GFSLT-VLP does: every frame to ``resize x resize``, aspect not kept;
-   PHOENIX's 210x260 becomes 256x256) or ``short_side`` (shorter side to ``resize``, aspect kept).
+   files decoded and resized (``frame_files.FolderFrameSource``), or slices of the memory-mapped
+   frame cache, which stores the frames already resized (``frame_store.CachedFrameSource``).
+   ``datasets.build_frame_source`` picks one.
 3. **ClipTransform** to ``(T, 3, crop, crop)``: centre crop in evaluation; in training a random
    crop with zoom (``scale_jitter``), rotation (``rotate_degrees``), brightness and contrast
    change, each applied with chance ``augment_p`` (default 0.5, the lineage's "sometimes 0.5":
@@ -36,126 +35,30 @@ in numpy on uint8 input, so the cache path does no decoding and no float resize.
 
 Reproducibility: a clip's augmentation (temporal offset, crop, zoom, angle, colour) comes from one
 numpy generator. In training it is seeded with the sample's key from
-``selection.sampler.SeededBatches`` (run seed, epoch, global batch, position in it), so a sample
+``selection.samplers.SeededBatches`` (run seed, epoch, global batch, position in it), so a sample
 is augmented the same whichever worker loads it, whatever ``num_workers`` and the number of
 ranks, and after a mid-epoch resume. Without a key (a plain DataLoader over the dataset) it is
 seeded by one draw of torch's RNG, which DataLoader seeds per worker from its ``generator``: pass
-``worker_init_fn=worker_init_fn, generator=loader_generator(seed, rank)`` and such runs repeat
-too.
+``worker_init_fn=worker_init_fn, generator=loader_generator(seed, rank)`` (``batching.py``) and
+such runs repeat too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import os
-import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
-from ..config import ConfigError, DataConfig, ResizeMode, check_augmentation
+from ..config import ConfigError, DataConfig, check_augmentation
 from .dataset import Clip, subsample_indices
 from .labels import DataError
 
-log = logging.getLogger(__name__)
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
-_DIGITS = re.compile(r"(\d+)")
-
-
-# ------------------------------------------------------------------------------- frame files
-def _natural_key(path: Path) -> list[Any]:
-    """images10.png after images9.png, whatever the zero padding."""
-    return [int(p) if p.isdigit() else p for p in _DIGITS.split(path.name)]
-
-
-def list_frames(folder: Path) -> list[Path]:
-    """Frame files (*.png, *.jpg, *.jpeg) of one clip folder in natural order."""
-    try:
-        entries = [Path(e.path) for e in os.scandir(folder) if e.is_file()]
-    except FileNotFoundError as e:
-        raise DataError(f"frame folder missing: {folder}") from e
-    except NotADirectoryError as e:
-        raise DataError(f"frame folder is not a directory: {folder}") from e
-    return sorted((p for p in entries if p.suffix.lower() in FRAME_SUFFIXES), key=_natural_key)
-
-
-def clip_folder(record: dict[str, Any], frame_root: Path) -> Path:
-    """The frame folder of a record: ``frames_dir`` (official layouts) or ``<frame_root>/<name>``."""
-    folder = record.get("frames_dir")
-    return frame_root / (folder if folder is not None else record["name"])
-
-
-def clip_frame_paths(record: dict[str, Any], frame_root: Path) -> list[Path]:
-    """Frame files of a record: its ``imgs_path`` list (relative to ``frame_root``) when the label
-    file has one, else the listing of its frame folder. Raises DataError if there are none."""
-    if record.get("imgs_path"):
-        return [frame_root / p for p in record["imgs_path"]]
-    folder = clip_folder(record, frame_root)
-    paths = list_frames(folder)
-    if not paths:
-        raise DataError(f"no frames ({', '.join(FRAME_SUFFIXES)}) in {folder}")
-    return paths
-
-
-def decode_frame(path: Path) -> np.ndarray:
-    """One PNG/JPEG frame as uint8 (H, W, 3) RGB, read-only (decoded with Pillow). Raises
-    DataError naming the file."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    except FileNotFoundError as e:
-        raise DataError(f"frame missing: {path}") from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot decode frame {path}: {e}") from e
-
-
-def decode_frames(paths: list[Path]) -> torch.Tensor:
-    """Frames of one clip as uint8 (T, 3, H, W); all frames must have the same size."""
-    first = decode_frame(paths[0])
-    clip = np.empty((len(paths), 3, *first.shape[:2]), dtype=np.uint8)
-    clip[0] = first.transpose(2, 0, 1)
-    for t, path in enumerate(paths[1:], start=1):
-        frame = decode_frame(path)
-        if frame.shape != first.shape:
-            raise DataError(
-                f"frame {path} is {frame.shape[:2]} (H, W) but the clip's first frame "
-                f"{paths[0]} is {first.shape[:2]}"
-            )
-        clip[t] = frame.transpose(2, 0, 1)
-    return torch.from_numpy(clip)
-
-
-# ------------------------------------------------------------------------------------ resize
-def resized_size(height: int, width: int, size: int, mode: ResizeMode) -> tuple[int, int]:
-    """(H, W) after the resize step."""
-    if ResizeMode(mode) is ResizeMode.square:
-        return size, size
-    if height <= width:
-        return size, max(size, round(width * size / height))
-    return max(size, round(height * size / width)), size
-
-
-def resize_clip(clip: torch.Tensor, size: int, mode: ResizeMode) -> torch.Tensor:
-    """uint8 (T, 3, H, W) -> uint8 (T, 3, h, w), antialiased bilinear; a no-op at the target size.
-
-    The frame cache stores exactly this function's output, so the cache and the file path give
-    identical frames."""
-    h, w = resized_size(clip.shape[-2], clip.shape[-1], size, mode)
-    if (h, w) == tuple(clip.shape[-2:]):
-        return clip
-    return TF.resize(clip, [h, w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
 # ---------------------------------------------------------------------------- time sampling
@@ -434,100 +337,3 @@ def clip_rng(train: bool, seed: Sequence[int] | None = None) -> np.random.Genera
     if seed is not None:
         return np.random.default_rng([int(x) for x in seed])
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-
-
-# ----------------------------------------------------------------------------- frame sources
-def with_known_issue(record: dict[str, Any], message: str) -> str:
-    """Append a record's documented problem (e.g. CSL-Daily's broken clip) to an error message."""
-    issue = record.get("known_issue")
-    return f"{message} [known issue: {issue}]" if issue else message
-
-
-class FolderFrameSource:
-    """Frames decoded from PNG/JPEG files (one folder per clip, or a label file's ``imgs_path``)."""
-
-    def __init__(
-        self,
-        frame_root: str | os.PathLike,
-        transform: ClipTransform,
-        max_frames: int = 300,
-        resize: int = 256,
-        resize_mode: ResizeMode = ResizeMode.square,
-        train: bool = False,
-    ):
-        self.frame_root = Path(frame_root)
-        self.transform = transform
-        self.max_frames = max_frames
-        self.resize = resize
-        self.resize_mode = ResizeMode(resize_mode)
-        self.train = train
-
-    def frame_paths(self, record: dict[str, Any]) -> list[Path]:
-        try:
-            return clip_frame_paths(record, self.frame_root)
-        except DataError as e:
-            raise DataError(with_known_issue(record, str(e))) from e
-
-    def frame_count(self, record: dict[str, Any]) -> int:
-        return len(self.frame_paths(record))
-
-    def read(self, record: dict[str, Any], indices: np.ndarray | None = None) -> np.ndarray:
-        """The resized uint8 (T, 3, H, W) frames (all, or those at ``indices``)."""
-        paths = self.frame_paths(record)
-        if indices is not None:
-            paths = [paths[i] for i in indices]
-        try:
-            clip = decode_frames(paths)
-        except DataError as e:
-            raise DataError(with_known_issue(record, str(e))) from e
-        return resize_clip(clip, self.resize, self.resize_mode).numpy()
-
-    def load(self, record: dict[str, Any], train: bool, seed: Sequence[int] | None = None) -> Clip:
-        """(T, 3, crop, crop) uint8 pixels and colour change, or normalised float32
-        (``data.frames_uint8``); random only when both the source and the call are train."""
-        rng = clip_rng(train and self.train, seed)
-        paths = self.frame_paths(record)
-        indices = temporal_indices(len(paths), self.max_frames, rng)
-        try:
-            clip = decode_frames([paths[i] for i in indices])
-        except DataError as e:
-            raise DataError(with_known_issue(record, str(e))) from e
-        return self.transform(resize_clip(clip, self.resize, self.resize_mode).numpy(), rng)
-
-
-def build_frame_source(cfg: DataConfig, frame_root: Path, train: bool):
-    """The frame source of a split: the frame cache when ``data.frame_cache`` is set, else files.
-
-    ``train`` allows random temporal sampling and augmentation (``data.augment``); a set cache
-    folder without an index is an error (build it first; see ``scl_slt.data.frame_cache``)."""
-    if cfg.resize <= 0:
-        raise ConfigError(f"data.resize: must be positive, got {cfg.resize}")
-    if cfg.max_frames <= 0:
-        raise ConfigError(f"data.max_frames: must be positive, got {cfg.max_frames}")
-    transform = ClipTransform.from_config(cfg)
-    if cfg.frame_cache:
-        from .frame_cache import CachedFrameSource, FrameCache
-
-        cache = FrameCache(Path(cfg.frame_cache).expanduser())
-        cache.check_matches(cfg)
-        log.info("reading frames from the frame cache %s", cache.root)
-        return CachedFrameSource(cache, transform, cfg.max_frames, train=train)
-    return FolderFrameSource(
-        frame_root, transform, cfg.max_frames, cfg.resize, cfg.resize_mode, train=train
-    )
-
-
-# ---------------------------------------------------------------------------------- seeding
-def worker_init_fn(worker_id: int) -> None:
-    """Seed numpy and ``random`` in a DataLoader worker from the seed torch gave that worker."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def loader_generator(seed: int, rank: int = 0) -> torch.Generator:
-    """The DataLoader ``generator`` that makes worker seeds (and so augmentation) reproducible;
-    different per rank so ranks do not augment in lock-step."""
-    generator = torch.Generator()
-    generator.manual_seed(seed * 1000003 + rank)
-    return generator

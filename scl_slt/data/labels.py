@@ -1,8 +1,8 @@
 """GFSLT-style label files: a gzip-compressed pickle of ``name -> {name, gloss, text, length, ...}``.
 
 Pickle executes code while loading: only load label files you trust (the ones you point the
-framework at). Writing goes through a temporary file and a rename, so an interrupted write never
-leaves a half file under the final name.
+framework at). Writing is atomic (``rundir.atomic``): an interrupted write never leaves a half file
+under the final name.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import pickle
 from pathlib import Path
 from typing import Any
+
+from ..rundir.atomic import atomic_path
 
 SPLITS = ("train", "dev", "test")
 
@@ -40,10 +42,8 @@ def read_labels(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 def write_labels(path: str | os.PathLike, records: dict[str, dict[str, Any]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, gzip.open(tmp, "wb") as f:
         pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
 
 
 def labels_path(labels_dir: str | os.PathLike, split: str) -> Path:

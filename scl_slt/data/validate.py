@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, DataConfig, Modality
-from .frames import clip_folder, decode_frame, list_frames
+from .datasets import data_config_from_args, feature_root_of, frame_root_of, split_records
+from .frame_files import clip_folder, decode_frame, list_frames
+from .frame_store import FrameCache, clip_relpath
 from .labels import SPLITS, DataError
 
 log = logging.getLogger(__name__)
@@ -214,8 +216,6 @@ def _check_chunk(args: tuple[_Checker, list[dict[str, Any]]]) -> list[Problem]:
 
 
 def _cache_problems(cfg: DataConfig, split: str, records: list[dict]) -> list[Problem]:
-    from .frame_cache import FrameCache, clip_relpath
-
     cache = FrameCache(Path(cfg.frame_cache).expanduser())
     cache.check_matches(cfg)
     problems = []
@@ -247,8 +247,6 @@ def validate_dataset(
     ignore_known_broken: bool = False,
 ) -> ValidationReport:
     """Check every sample of ``splits``; problems in the order found, per split."""
-    from .datasets import feature_root_of, frame_root_of, split_records
-
     report = ValidationReport(ignore_known_broken=ignore_known_broken)
     frames = cfg.modality is Modality.frames
     feature_root = None if frames else str(feature_root_of(cfg))
@@ -288,8 +286,6 @@ def _flag(value: str, key: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .datasets import data_config_from_args
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     keys = ("splits", "decode", "workers", "report", "ignore_known_broken")
     try:

@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..config import SimilarityMethod
 from ..distributed import all_gather_object, broadcast_object, get_rank
 from ..models.all_pairs import TokenSet
 from .density import density_stats, gloss_instances
+from .inference import EvalBatches, encode_batch
 from .retrieval import retrieval_from_features
 
 log = logging.getLogger(__name__)
@@ -81,56 +81,32 @@ def encode_split(
     and the samples missing from the result are logged. Raises ValueError when the model has no
     text branch (a stage-2 model).
     """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+    batches = EvalBatches(model, loader, device)
+    net = batches.net
     if getattr(net, "similarity", None) is None or getattr(net, "text_encoder", None) is None:
         raise ValueError("encode_split: the model has no text branch (stage 2 drops it)")
-    was_training = net.training
-    net.eval()
     local: dict[int, tuple] = {}
-    skipped_batches = 0
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                if batch is None:
-                    skipped_batches += 1
-                    continue
-                with autocast():
-                    out = net(
-                        batch["inputs"].to(device, non_blocking=True),  # (B, T, ...)
-                        batch["input_lengths"].to(device),  # (B,)
-                        text_ids=batch["text_ids"].to(device),  # (B, L)
-                        text_mask=batch["text_mask"].to(device),
-                        with_text=True,
-                        with_decoder=False,
-                    )
-                for b, index in enumerate(batch["indices"].tolist()):
-                    sign = None
-                    if with_sign_features:
-                        sign = _valid(out.sign_features[b], out.sign_mask[b])  # (T'_i, D)
-                    local[int(index)] = (
-                        batch["names"][b],
-                        batch["texts"][b],
-                        _valid(out.video_proj[b], out.video_proj_mask[b]),  # (Tv_i, d)
-                        _valid(out.text_proj[b], out.text_proj_mask[b]),  # (Lt_i, d)
-                        sign,
-                    )
-    finally:
-        net.train(was_training)
+    for batch in batches:
+        out = encode_batch(net, batch, autocast)
+        names, texts = batch.host["names"], batch.host["texts"]
+        for b, index in enumerate(batch.host["indices"].tolist()):
+            sign = None
+            if with_sign_features:
+                sign = _valid(out.sign_features[b], out.sign_mask[b])  # (T'_i, D)
+            local[int(index)] = (
+                names[b],
+                texts[b],
+                _valid(out.video_proj[b], out.video_proj_mask[b]),  # (Tv_i, d)
+                _valid(out.text_proj[b], out.text_proj_mask[b]),  # (Lt_i, d)
+                sign,
+            )
     merged: dict[int, tuple] = {}
     for part in all_gather_object(local):  # rank order; a padding repeat keeps its first copy
         for index, entry in part.items():
             merged.setdefault(index, entry)
     if not merged:
         raise RuntimeError("encode_split: the loader yielded no sample")
-    expected = len(loader.dataset) if hasattr(loader, "dataset") else None
-    if expected is not None and len(merged) != expected:
-        log.warning(
-            "encoded %d of the split's %d samples (%d batch(es) on this rank had no loadable "
-            "sample); alignment metrics cover the encoded ones",
-            len(merged),
-            expected,
-            skipped_batches,
-        )
+    batches.report_coverage(len(merged), "encoded")
     order = sorted(merged)
     entries = [merged[i] for i in order]
 

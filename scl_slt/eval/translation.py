@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -29,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ..config import GenerationConfig
-from ..data.dataset import BatchLoader
+from ..data.batching import BatchLoader
 from ..distributed import all_gather_object, get_rank, get_world_size, is_initialized
+from ..rundir.atomic import write_json_atomic, write_text_atomic
+from .inference import EvalBatches
 from .metrics import TOKEN_LEVEL, compute_metrics
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of every rank, one per sample index, sorted by index (identical on all ranks).
 
@@ -152,77 +159,45 @@ def translate_loader(
     is put in eval mode for the pass and back in its previous mode afterwards. ``progress``
     shows a progress bar on rank 0. None batches (no sample loaded) are skipped and counted.
     """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
-    was_training = net.training
-    net.eval()
+    batches = EvalBatches(model, loader, device)
+    show = progress and get_rank() == 0
     rows: list[dict[str, Any]] = []
-    skipped_batches = 0
-    try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc="translate", disable=not progress or get_rank() != 0):
-                if batch is None:  # every sample of the batch failed to load (skip mode)
-                    skipped_batches += 1
-                    continue
-                inputs = batch["inputs"].to(device, non_blocking=True)  # (B, T, ...)
-                input_lengths = batch["input_lengths"].to(device)  # (B,)
-                with autocast():
-                    ids = net.generate(
-                        inputs,
-                        input_lengths,
-                        num_beams=generation.num_beams,
-                        max_length=generation.max_length,
-                        length_penalty=generation.length_penalty,
-                    )  # (B, L)
-                hypotheses = tokenizer.decode(ids.cpu())
-                texts, names = batch["texts"], batch["names"]
-                indices = batch["indices"].tolist()
-                if not (len(hypotheses) == len(texts) == len(names) == len(indices)):
-                    raise RuntimeError(
-                        f"batch of {len(texts)} samples gave {len(hypotheses)} decoded hypotheses"
-                    )
-                for index, name, hypothesis, reference in zip(indices, names, hypotheses, texts):
-                    rows.append(
-                        {
-                            "index": int(index),
-                            "name": name,
-                            "hypothesis": _one_line(hypothesis),
-                            "reference": reference,
-                        }
-                    )
-    finally:
-        net.train(was_training)
+    for batch in tqdm(batches, desc="translate", disable=not show, total=_length(loader)):
+        with autocast():
+            ids = batches.net.generate(
+                batch.inputs,
+                batch.input_lengths,
+                num_beams=generation.num_beams,
+                max_length=generation.max_length,
+                length_penalty=generation.length_penalty,
+            )  # (B, L)
+        hypotheses = tokenizer.decode(ids.cpu())
+        texts, names = batch.host["texts"], batch.host["names"]
+        indices = batch.host["indices"].tolist()
+        if not (len(hypotheses) == len(texts) == len(names) == len(indices)):
+            raise RuntimeError(
+                f"batch of {len(texts)} samples gave {len(hypotheses)} decoded hypotheses"
+            )
+        for index, name, hypothesis, reference in zip(indices, names, hypotheses, texts):
+            rows.append(
+                {
+                    "index": int(index),
+                    "name": name,
+                    "hypothesis": _one_line(hypothesis),
+                    "reference": reference,
+                }
+            )
     gathered = gather_rows(rows)
-    expected = len(loader.dataset) if hasattr(loader, "dataset") else None
-    if expected is not None and len(gathered) != expected:
-        log.warning(
-            "translated %d of the split's %d samples: %d failed to load and are left out of "
-            "the scores (%d batch(es) on this rank had no loadable sample)",
-            len(gathered),
-            expected,
-            expected - len(gathered),
-            skipped_batches,
-        )
+    batches.report_coverage(len(gathered), "translated")
     return gathered
 
 
-def evaluate_split(
-    model: torch.nn.Module,
-    loader: Iterable[dict[str, Any]],
-    tokenizer: Any,
-    generation: GenerationConfig,
-    device: torch.device | str,
-    language: str,
-    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-    progress: bool = False,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Translate, gather and score once: ``(metrics, rows)``, the same on every rank."""
-    rows = translate_loader(model, loader, tokenizer, generation, device, autocast, progress)
+def score_rows(rows: list[dict[str, Any]], language: str) -> dict[str, Any]:
+    """BLEU-1..4 and ROUGE-L of gathered rows (``translate_loader``), the same on every rank."""
     if not rows:
         raise RuntimeError("the evaluation loader yielded no samples")
-    metrics = compute_metrics(
-        [r["hypothesis"] for r in rows], [r["reference"] for r in rows], language
-    )
-    return metrics, rows
+    hypotheses = [r["hypothesis"] for r in rows]
+    return compute_metrics(hypotheses, [r["reference"] for r in rows], language)
 
 
 def evaluation_meta(
@@ -242,15 +217,6 @@ def evaluation_meta(
         "generation": dataclasses.asdict(generation),
         **extra,
     }
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _check_rows(rows: list[dict[str, Any]]) -> None:
@@ -287,9 +253,9 @@ def write_predictions(
     out.mkdir(parents=True, exist_ok=True)
     tsv = ["name\thypothesis\treference"]
     tsv += [f"{r['name']}\t{r['hypothesis']}\t{r['reference']}" for r in rows]
-    _atomic_write_text(out / "predictions.tsv", "\n".join(tsv) + "\n")
-    _atomic_write_text(out / "hypotheses.txt", "".join(r["hypothesis"] + "\n" for r in rows))
-    _atomic_write_text(out / "references.txt", "".join(r["reference"] + "\n" for r in rows))
+    write_text_atomic(out / "predictions.tsv", "\n".join(tsv) + "\n")
+    write_text_atomic(out / "hypotheses.txt", "".join(r["hypothesis"] + "\n" for r in rows))
+    write_text_atomic(out / "references.txt", "".join(r["reference"] + "\n" for r in rows))
     scores = {k: v for k, v in metrics.items() if k != "bleu_signature"}
     record = {
         "metrics": scores,
@@ -299,8 +265,6 @@ def write_predictions(
     }
     if alignment is not None:
         record["alignment"] = alignment
-    _atomic_write_text(
-        out / "metrics.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n"
-    )
+    write_json_atomic(out / "metrics.json", record)
     log.info("wrote %d predictions and metrics to %s", len(rows), out)
     return out

@@ -4,31 +4,26 @@ Pretrained mBART-50 weights and tokenizers come from a directory or the local Hu
 (`local_files_only=True`); nothing is downloaded. Without `model.mbart_path` the same classes are
 built tiny from `MBartConfig` with a tokenizer trained on the training sentences.
 
-`load_submodules` is the stage 1 -> stage 2 hand-off: it loads a checkpoint by submodule name,
-drops the text branch on purpose (and says so), and fails on any other missing or extra key.
+The stage 1 -> stage 2 hand-off (loading a checkpoint by submodule name) is ``handoff.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 from transformers import MBartConfig
 
 from ..config import DataConfig, LoraConfig, Modality, ModelConfig
 from .sign_embedding import resnet18_weights
-from .slt import TEXT_BRANCH, SignTranslationModel, SpecialTokens
+from .slt import SignTranslationModel, SpecialTokens
 from .tokenizer import SLTTokenizer, restoration_map
 
 log = logging.getLogger(__name__)
-
-
-class HandOffError(RuntimeError):
-    """A checkpoint does not match the model it is loaded into; the message lists the keys."""
 
 
 # ------------------------------------------------------------------ local pretrained files
@@ -270,46 +265,3 @@ def log_parameter_counts(model: nn.Module) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- stage hand-off
-def _listing(keys: Sequence[str], limit: int = 20) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def load_submodules(
-    model: nn.Module, state_dict: Mapping[str, Tensor], drop: Sequence[str] = TEXT_BRANCH
-) -> dict[str, Any]:
-    """Load a stage-1 checkpoint into a stage-2 model by submodule name.
-
-    The submodules named in `drop` are removed from the model (if still there) and their
-    checkpoint tensors are discarded, on purpose and logged. Every other key must match exactly:
-    a missing or extra key raises `HandOffError` listing them, before anything is loaded.
-    Returns a report: tensors loaded per submodule and tensors dropped per branch.
-    """
-    dropped: dict[str, int] = {}
-    for name in drop:
-        if getattr(model, name, None) is not None:
-            setattr(model, name, None)
-        dropped[name] = sum(1 for k in state_dict if k.split(".", 1)[0] == name)
-        log.info(
-            "hand-off: dropping %s (%d checkpoint tensors) on purpose: stage 2 trains "
-            "translation only",
-            name,
-            dropped[name],
-        )
-    kept = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in set(drop)}
-    expected = set(model.state_dict())
-    missing, extra = expected - set(kept), set(kept) - expected
-    if missing or extra:
-        raise HandOffError(
-            f"checkpoint does not match the model: {len(missing)} missing key(s) "
-            f"[{_listing(missing)}]; {len(extra)} unexpected key(s) [{_listing(extra)}]. "
-            f"Stage 1 and stage 2 must use the same model config (LoRA, similarity method, "
-            f"modality); only {', '.join(drop) or 'nothing'} is dropped on purpose."
-        )
-    model.load_state_dict(kept, strict=True)
-    loaded: dict[str, int] = {}
-    for key in kept:
-        loaded[key.split(".", 1)[0]] = loaded.get(key.split(".", 1)[0], 0) + 1
-    log.info("hand-off: loaded %d tensors (%s)", len(kept), loaded)
-    return {"loaded": loaded, "dropped": dropped, "num_loaded": len(kept)}

@@ -1,6 +1,6 @@
 """SignTranslationModel (method §1): sign embedding, visual encoder, text encoder, decoder, head.
 
-Submodule names are the stage-1 -> stage-2 hand-off contract (`builder.load_submodules`):
+Submodule names are the stage-1 -> stage-2 hand-off contract (`handoff.load_submodules`):
 
     sign_embedding   ResNet-18 / features -> temporal conv block      (B, T', D)
     visual_encoder   MBart encoder fed `inputs_embeds` (+ CLS token for the `cls` method)

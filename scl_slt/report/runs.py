@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..rundir.layout import CONFIG_FILE, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +99,13 @@ def locate_recorded(recorded: str, run_dir: Path) -> Path | None:
     return None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data
-
-
 def stage1_run_dir(init_from: str, run_dir: Path) -> Path | None:
     """The stage-1 run directory ``stage.init_from`` (a run or checkpoint dir) names."""
     found = locate_recorded(init_from, run_dir)
     if found is None:
         return None
     for folder in (found, found.parent.parent):  # a run dir, or <run>/checkpoints/<tag>
-        if (folder / "config.yaml").is_file():
+        if (folder / CONFIG_FILE).is_file():
             return folder
     return None
 
@@ -141,9 +134,8 @@ def trajectory_interval(config: dict[str, Any], run_dir: Path) -> str:
     pair_scores = locate_recorded(recorded, run_dir) if recorded else None
     if pair_scores is None:
         return "?"
-    reference_config = pair_scores.parent / "config.yaml"
-    if reference_config.is_file():
-        interval = _get(_read_yaml(reference_config), "tracker.interval")
+    if (pair_scores.parent / CONFIG_FILE).is_file():
+        interval = _get(read_run_config(pair_scores.parent), "tracker.interval")
         if interval is not None:
             return str(int(interval))
     info = pair_scores.with_suffix(".json")
@@ -197,13 +189,13 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
     """Read one run directory; problems are recorded in ``Run.problem``, never raised."""
     run = Run(path=path)
     try:
-        run.config = _read_yaml(path / "config.yaml")
+        run.config = read_run_config(path)
         run.dataset = str(_get(run.config, "data.name", "?"))
         seed = _get(run.config, "seed")
         run.seed = int(seed) if seed is not None else None
         init_from = _get(run.config, "stage.init_from")
         init_dir = stage1_run_dir(init_from, path) if init_from else None
-        init_config = _read_yaml(init_dir / "config.yaml") if init_dir else None
+        init_config = read_run_config(init_dir) if init_dir else None
         run.stage1 = init_dir
         run.row = classify_component(run.config, init_config)
         override = path / REPORT_FILE
@@ -234,7 +226,7 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
         else:
             run.metrics = read_eval_metrics(metrics_path)
             run.alignment = read_alignment(metrics_path)
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:  # corrupt files of one run
+    except (OSError, ValueError, TypeError) as e:  # corrupt files of one run (ConfigError too)
         run.problem = f"unreadable: {e}"
         run.metrics = None
     return run
@@ -259,7 +251,7 @@ def find_run_dirs(arguments: Sequence[str]) -> list[Path]:
             if not root.is_dir():
                 continue
             for folder, subdirs, files in os.walk(root):
-                if "config.yaml" in files:
+                if CONFIG_FILE in files:
                     found[Path(folder)] = None
                     subdirs.clear()
                 else:

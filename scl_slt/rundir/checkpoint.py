@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from .. import __version__
-from .. import distributed as dist_utils
 from ..distributed import on_main_process
+from .atomic import atomic_directory, fsync_file, is_temporary, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +56,6 @@ class CorruptCheckpointError(CheckpointError):
 
 
 # ----------------------------------------------------------------------------- low-level files
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _digest(path: Path) -> dict[str, Any]:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -78,19 +64,11 @@ def _digest(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file + fsync + rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def write_index(path: Path, data: Any) -> None:
+    """Write a checkpoint index (JSON) atomically; a failure is a CheckpointError naming it."""
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_json_atomic(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {e}") from e
 
 
@@ -131,39 +109,20 @@ def save_checkpoint(
     unless the whole checkpoint, marker included, was written.
     """
     directory = Path(directory)
-    parent = directory.parent
-    tmp = parent / f".tmp-{directory.name}-{os.getpid()}"
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        tensors, aliases = _split_shared(model_state)
-        save_file(tensors, tmp / MODEL_FILE, metadata={_ALIASES_KEY: json.dumps(aliases)})
-        _fsync_file(tmp / MODEL_FILE)
-        files = {MODEL_FILE: _digest(tmp / MODEL_FILE)}
-        if train_state is not None:
-            with open(tmp / STATE_FILE, "wb") as f:
-                torch.save(train_state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            files[STATE_FILE] = _digest(tmp / STATE_FILE)
-        marker = {"files": files, "meta": meta or {}, "version": __version__}
-        with open(tmp / MARKER, "w") as f:
-            json.dump(marker, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if directory.exists():  # same tag written again (e.g. a resumed run redoing an epoch)
-            old = parent / f".old-{directory.name}-{os.getpid()}"
-            os.rename(directory, old)
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-        _fsync_dir(parent)
+        with atomic_directory(directory) as tmp:
+            tensors, aliases = _split_shared(model_state)
+            save_file(tensors, tmp / MODEL_FILE, metadata={_ALIASES_KEY: json.dumps(aliases)})
+            fsync_file(tmp / MODEL_FILE)
+            files = {MODEL_FILE: _digest(tmp / MODEL_FILE)}
+            if train_state is not None:
+                torch.save(train_state, tmp / STATE_FILE)
+                fsync_file(tmp / STATE_FILE)
+                files[STATE_FILE] = _digest(tmp / STATE_FILE)
+            marker = {"files": files, "meta": meta or {}, "version": __version__}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+            fsync_file(tmp / MARKER)
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {directory}: {e}") from e
     return directory
 
@@ -322,7 +281,7 @@ def clean_partial_writes(checkpoint_root: str | os.PathLike) -> None:
     root = Path(checkpoint_root)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith((".tmp-", ".old-")):
+            if is_temporary(p.name) or p.name.startswith((".tmp-", ".old-")):
                 log.info("removing partial checkpoint write %s", p)
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -427,7 +386,7 @@ class CheckpointManager:
 
     def write_index(self) -> None:
         best = self.averaged or self.best[0]["tag"]
-        write_json_atomic(self.root / BEST_INDEX, {"best": best, "ranked": self.best})
+        write_index(self.root / BEST_INDEX, {"best": best, "ranked": self.best})
 
     def best_path(self) -> Path | None:
         if not self.best:
@@ -440,147 +399,3 @@ class CheckpointManager:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = list(state["best"])
         self.averaged = state.get("averaged")
-
-
-# ------------------------------------------------------------------------------------- resume
-# Keys that may change between an interrupted run and its resumption: where things live, how
-# the run is observed, and when it stops. Everything else changes what is trained and refuses.
-RESUME_FREE_KEYS = (
-    *("run_dir", "resume", "device", "precision", "model.mbart_path", "model.tokenizer_path"),
-    *("data.num_workers", "data.root", "data.labels_dir", "data.feature_root", "data.frame_root"),
-    *("data.frame_cache", "data.synthetic.cache_dir", "model.generation", "stage.eval_every"),
-    *("stage.eval_batch_size", "stage.keep_last", "stage.keep_best", "stage.average_best"),
-    *("stage.nonfinite", "stage.max_nonfinite", "stage.log_every", "stage.max_steps"),
-)
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def resume_config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for every key that matters and differs."""
-    a, b = _flatten(saved), _flatten(current)
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS):
-            continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            diffs.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
-    return diffs
-
-
-def locate_resume(resume: str, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from, or None to start fresh.
-
-    ``none`` refuses a run directory that already holds checkpoints (no silent mixing of two
-    runs); ``auto`` takes the newest complete one (or starts fresh); a path must be resumable.
-    """
-    from ..config import ConfigError
-
-    root = run_dir / CHECKPOINTS
-    if resume == "none":
-        if any((p / MARKER).is_file() for p in step_checkpoints(root)):
-            raise ConfigError(
-                f"resume: run_dir {run_dir} already holds checkpoints; pass resume=auto to "
-                "continue it or choose a new run_dir"
-            )
-        return None
-    if resume == "auto":
-        latest = find_latest_checkpoint(root)
-        if latest is None:
-            log.info("resume=auto: no complete checkpoint under %s, starting fresh", root)
-        return latest
-    path = Path(resume).expanduser()
-    if not (path / STATE_FILE).is_file() and (path / CHECKPOINTS).is_dir():
-        path = find_latest_checkpoint(path / CHECKPOINTS)  # a run directory was given
-        if path is None:
-            raise CheckpointError(f"resume: {resume} holds no complete checkpoint")
-    verify_checkpoint(path)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"resume: {path} has no {STATE_FILE} (weights-only checkpoint)")
-    return path
-
-
-def save_resumable(
-    manager: CheckpointManager,
-    step: int,
-    model: torch.nn.Module,
-    train_state: dict[str, Any],
-    meta: dict[str, Any],
-) -> Path:
-    """Collective: gather every rank's RNG state, write on rank 0, return the path everywhere."""
-    from ..training.runtime import rng_state
-
-    train_state = train_state | {"rng": dist_utils.all_gather_object(rng_state())}
-    return on_main_process(lambda: manager.save(step, model.state_dict(), train_state, meta))
-
-
-def restore_rng(train_state: dict[str, Any], rank: int, world_size: int, seed: int) -> None:
-    """Put this rank's RNG back where the checkpointed run had it."""
-    from ..training.runtime import seed_everything, set_rng_state
-
-    states = train_state["rng"]
-    if len(states) == world_size:
-        set_rng_state(states[rank])
-    else:
-        log.warning(
-            "checkpoint was written by %d ranks, resuming on %d: RNG streams re-seeded, so "
-            "dropout draws differ from an uninterrupted run",
-            len(states),
-            world_size,
-        )
-        seed_everything(seed + 7919 * (train_state["step"] + 1) + rank)
-
-
-@dataclass
-class LoopState:
-    """The training-loop objects a resumable checkpoint carries besides weights and RNG.
-
-    A position ``{epoch, batch_in_epoch, step}`` says the next batch to train is
-    ``batch_in_epoch`` of ``epoch``. bf16 autocast needs no gradient scaler: none is saved.
-    """
-
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    sampler: Any
-    guard: Any
-    manager: CheckpointManager
-
-    def state_dict(self, position: dict[str, int], config: dict, world_size: int) -> dict:
-        return {
-            **position,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "guard": self.guard.state_dict(),
-            "best": self.manager.state_dict(),
-            "config": config,
-            "world_size": world_size,
-            "version": __version__,
-        }
-
-    def restore(
-        self,
-        state: dict[str, Any],
-        weights_from: Path,
-        model: torch.nn.Module,
-        rank: int,
-        world_size: int,
-        seed: int,
-    ) -> dict[str, int]:
-        """Load weights (strictly), then every loop state, then this rank's RNG (last, so that
-        nothing consumes random numbers in between). Returns the position."""
-        model.load_state_dict(load_weights(weights_from, verify=False))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.guard.load_state_dict(state["guard"])
-        self.manager.load_state_dict(state["best"])
-        restore_rng(state, rank, world_size, seed)
-        return {k: int(state[k]) for k in ("epoch", "batch_in_epoch", "step")}

@@ -1,7 +1,15 @@
-"""The run directory: resolved config, versions, ``train.log``, ``metrics.jsonl``, TensorBoard.
+"""The run directory: its layout, what is written into it, and the one reader of each file.
 
 Everything a run leaves behind goes under one directory (docs/architecture.md "Runs"), so a
-result can always be traced back to the exact config and package version that produced it.
+result can always be traced back to the exact config and package version that produced it::
+
+    config.yaml      the resolved config (read back by ``read_run_config`` / ``load_run_config``)
+    meta.json        package, torch and python versions, command, start time
+    train.log        rank 0's log
+    metrics.jsonl    one JSON record per line (``MetricsWriter``; ``read_metrics``)
+    tb/              TensorBoard scalars
+    tokenizer/       the run's tokenizer
+    checkpoints/     ``rundir/checkpoint.py``
 """
 
 from __future__ import annotations
@@ -13,25 +21,17 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from .. import __version__
-from .. import distributed as dist_utils
-from ..config import ConfigError, TrainConfig, to_container
-from ..distributed import on_main_process
-from ..training.runtime import Runtime
-from .checkpoint import (
-    CHECKPOINTS,
-    clean_partial_writes,
-    load_train_state,
-    locate_resume,
-    resume_config_differences,
-)
+from ..config import ConfigError, TrainConfig
+from ..eval.metrics import LANGUAGES
+from .atomic import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def write_run_config(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> None:
     """Save the resolved config and the versions that produced the run (rank 0 only)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     meta = {
         "package": "scl-slt",
         "version": __version__,
@@ -57,14 +57,46 @@ def write_run_config(run_dir: Path, config: dict[str, Any], extra: dict[str, Any
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         **extra,
     }
-    (run_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    write_json_atomic(run_dir / META_FILE, meta)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's saved ``config.yaml`` as plain data: the one reader every tool uses.
+
+    Raises FileNotFoundError when the run directory has none, ConfigError naming the file when
+    it cannot be parsed or is not a mapping.
+    """
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"run config not found: {path}")
-    return yaml.safe_load(path.read_text())
+        raise FileNotFoundError(f"not a training run directory: {path} is missing")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the run config: {e}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a run config (expected a mapping of settings)")
+    return config
+
+
+def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """A run's saved config typed by the current schema (``read_run_config`` + the schema).
+
+    Only the schema is applied, not ``validate_train``: that also requires training-only paths
+    (``stage.init_from``, ``selection.pair_scores``, ``resume``) that may be gone by the time a
+    run is evaluated. Data paths are checked when a split is read.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    saved = read_run_config(run_dir)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+        train_cfg = OmegaConf.to_object(merged)
+    except Exception as e:  # omegaconf raises several unrelated types for bad keys/values
+        raise ConfigError(f"{path}: not a valid training config: {e}") from e
+    if train_cfg.data.language not in LANGUAGES:
+        raise ConfigError(
+            f"{path}: data.language: expected one of {LANGUAGES}, got {train_cfg.data.language!r}"
+        )
+    return train_cfg
 
 
 class RunLogging:
@@ -148,34 +180,6 @@ class MetricsWriter:
             self.tb = None
 
 
-class LossMeter:
-    """Running sums of detached loss terms on the device (no host sync per step); ``means()``
-    averages them over steps and ranks (a collective: every rank calls it at the same step)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        for key, value in values.items():
-            value = value.detach().float()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
-        self.count += 1
-
-    def means(self) -> dict[str, float]:
-        """Mean of every recorded term (the same terms on every rank); resets the meter."""
-        keys = sorted(self.sums)
-        zero = torch.zeros((), device=self.device)
-        stacked = torch.stack([self.sums[k] for k in keys] + [zero + self.count])
-        stacked = dist_utils.all_reduce_sum(stacked)
-        count = max(float(stacked[-1]), 1.0)
-        out = {k: float(v) / count for k, v in zip(keys, stacked[:-1].tolist())}
-        self.sums.clear()
-        self.count = 0
-        return out
-
-
 def read_metrics(run_dir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl`` (optionally one split), in order."""
     path = Path(run_dir) / METRICS_FILE
@@ -183,95 +187,3 @@ def read_metrics(run_dir: str | os.PathLike, split: str | None = None) -> list[d
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if split is None or r["split"] == split]
-
-
-# ------------------------------------------------------------------------------- run context
-@dataclass
-class RunContext:
-    """What a stage needs from its run directory; ``close()`` when the stage ends."""
-
-    path: Path
-    config: dict[str, Any]  # the resolved config as saved in config.yaml
-    resume_from: Path | None
-    resume_state: dict[str, Any] | None
-    logs: RunLogging
-    metrics: MetricsWriter
-
-    def close(self) -> None:
-        self.metrics.close()
-        self.logs.close()
-
-
-def open_run(cfg: TrainConfig, runtime: Runtime) -> RunContext:
-    """Create (or reopen) the run directory, attach logging, find and check the resume point,
-    and save the resolved config. Refuses, before any training work, a resume whose config
-    differs from the checkpoint's in a key that matters."""
-    config = to_container(cfg)
-    # Every rank uses rank 0's directory (a ${now:...} run_dir may resolve differently per rank).
-    run_dir = Path(dist_utils.broadcast_object(str(Path(cfg.run_dir).expanduser().resolve())))
-
-    def prepare() -> Path | None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clean_partial_writes(run_dir / CHECKPOINTS)
-        return locate_resume(cfg.resume, run_dir)
-
-    logs = None
-    try:
-        resume_from = on_main_process(prepare)
-        logs = RunLogging(run_dir, runtime.rank)
-        state = None
-        if resume_from is not None:
-            state = load_train_state(resume_from, verify=runtime.is_main)
-            diffs = resume_config_differences(state["config"], config)
-            if diffs:
-                raise ConfigError(
-                    f"resume: the config differs from the one of checkpoint {resume_from} in "
-                    "keys that change training:\n  " + "\n  ".join(diffs)
-                )
-            log.info(
-                "resuming from %s (epoch %d, batch %d, step %d)",
-                resume_from,
-                state["epoch"],
-                state["batch_in_epoch"],
-                state["step"],
-            )
-        if runtime.is_main:
-            extra = {"world_size": runtime.world_size, "resumed_from": str(resume_from or "")}
-            write_run_config(run_dir, config, extra)
-        metrics = MetricsWriter(run_dir, runtime.is_main, state["step"] if state else None)
-    except BaseException:
-        if logs is not None:
-            logs.close()
-        raise
-    log.info(
-        "run directory %s (scl-slt %s, %d process(es))", run_dir, __version__, runtime.world_size
-    )
-    return RunContext(run_dir, config, resume_from, state, logs, metrics)
-
-
-def run_tokenizer(
-    cfg: TrainConfig, run_dir: Path, train_texts: list[str], source_dir: Path | None = None
-) -> Any:
-    """The run's tokenizer, saved once in ``<run_dir>/tokenizer``.
-
-    Reopened when it exists (a resumed run must use the same one); otherwise copied from
-    ``source_dir`` (stage 2 reuses stage 1's) or built by the model builder (the tiny tokenizer
-    is trained on ``train_texts``). Rank 0 builds; the other ranks load what it saved.
-    """
-    from ..models.builder import build_tokenizer
-    from ..models.tokenizer import SLTTokenizer
-
-    out = run_dir / TOKENIZER_DIR
-
-    def build() -> None:
-        if SLTTokenizer.is_saved_in(out):
-            return
-        if source_dir is not None:
-            SLTTokenizer.load(source_dir).save(out)
-            log.info("tokenizer copied from %s", source_dir)
-        else:
-            build_tokenizer(cfg.model, cfg.data, train_texts, out).save(out)
-            log.info("tokenizer built and saved in %s", out)
-
-    on_main_process(build)
-    return SLTTokenizer.load(out)

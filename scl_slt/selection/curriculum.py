@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, Schedule
-from .samplers import GlobalBatchSampler, epoch_generator
+from .samplers import GlobalBatchSampler, consecutive_batches, epoch_generator
 
 log = logging.getLogger(__name__)
 
@@ -195,37 +195,18 @@ def load_pair_scores(path: str | os.PathLike | None, num_samples: int | None = N
     return scores
 
 
-def curriculum_settings(
-    epochs: int, schedule: Schedule | str, pool_size: int | None
-) -> tuple[int, Schedule, int | None]:
-    """Checked ``(epochs, schedule, pool_size)`` of a curriculum sampler (either pair score)."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be positive, got {epochs}")
-    if pool_size is not None and pool_size < 1:
-        raise ValueError(f"pool_size must be >= 1 or None, got {pool_size}")
-    return int(epochs), Schedule(schedule), None if pool_size is None else int(pool_size)
-
-
-def epoch_alpha(schedule: Schedule, epoch: int, epochs: int) -> float:
-    """α of a 0-based epoch of ``epochs``: ``schedule((epoch + 1) / epochs)``."""
-    if not 0 <= epoch < epochs:
-        raise ValueError(
-            f"epoch {epoch} outside the curriculum's 0..{epochs - 1} (epochs={epochs})"
-        )
-    return schedule_alpha(schedule, (epoch + 1) / epochs)
-
-
-def settings_identity(epochs: int, schedule: Schedule, pool_size: int | None) -> dict[str, Any]:
-    """The curriculum settings a sampler's checkpoint must match to resume."""
-    return {"epochs": epochs, "schedule": schedule.value, "pool_size": pool_size}
-
-
 class CurriculumBatchSampler(GlobalBatchSampler):
-    """Curriculum batches from a reference run's pair scores (``selection=trajectory``).
+    """Curriculum batches from a reference run's pair scores (``selection=trajectory``; also
+    ``text_semantic`` and ``visual_confusable``, which only bring other score files).
 
     ``pair_scores`` is N x N, ``δ[i, j]`` for video i and text j in dataset order, typically the
     float16 memory map of ``load_pair_scores``; it is read, never copied. The file is scanned once
     here for non-finite values, which would make the quantile pick meaningless.
+
+    A subclass with other scores (``online.OnlineCurriculumSampler``) supplies ``_attach`` (what it
+    scores from, and N), ``_shuffled`` (epochs without scores) and ``_epoch_scores`` (an epoch's δ,
+    optionally over relabelled samples); α, the settings a resume must match, the batch builder and
+    its timing are this class's.
     """
 
     kind = "trajectory"
@@ -242,40 +223,72 @@ class CurriculumBatchSampler(GlobalBatchSampler):
         drop_last: bool = False,
         pool_size: int | None = None,
     ):
-        where = str(getattr(pair_scores, "filename", None) or "(in memory)")
-        check_pair_scores(pair_scores, where)
-        super().__init__(pair_scores.shape[0], batch_size, seed, rank, world_size, drop_last)
-        self.epochs, self.schedule, self.pool_size = curriculum_settings(
-            epochs, schedule, pool_size
-        )
-        self.pair_scores = pair_scores
+        num_samples = self._attach(pair_scores)
+        super().__init__(num_samples, batch_size, seed, rank, world_size, drop_last)
+        if epochs < 1:
+            raise ValueError(f"epochs must be positive, got {epochs}")
+        if pool_size is not None and pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1 or None, got {pool_size}")
+        self.epochs = int(epochs)
+        self.schedule = Schedule(schedule)
+        self.pool_size = None if pool_size is None else int(pool_size)
 
+    # ---------------------------------------------------------- where an epoch's scores come from
+    def _attach(self, pair_scores: np.ndarray) -> int:
+        """Keep the scores, checked; return N."""
+        check_pair_scores(pair_scores, str(getattr(pair_scores, "filename", None) or "(in memory)"))
+        self.pair_scores = pair_scores
+        return pair_scores.shape[0]
+
+    def _shuffled(self, epoch: int) -> bool:
+        """Whether the epoch gets shuffled batches instead (nothing to score it with)."""
+        return False
+
+    def _epoch_scores(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """The epoch's δ and, when it is over relabelled samples, the order mapping them back."""
+        return self.pair_scores, None
+
+    def _epoch_note(self) -> str:
+        """Extra words for the epoch's log line."""
+        return ""
+
+    # --------------------------------------------------------------------------------- epochs
     def alpha(self, epoch: int) -> float:
         """α of a 0-based epoch: ``schedule((epoch + 1) / epochs)``."""
-        return epoch_alpha(self.schedule, epoch, self.epochs)
+        if not 0 <= epoch < self.epochs:
+            raise ValueError(
+                f"epoch {epoch} outside the curriculum's 0..{self.epochs - 1} "
+                f"(epochs={self.epochs})"
+            )
+        return schedule_alpha(self.schedule, (epoch + 1) / self.epochs)
 
     def _identity(self) -> dict[str, Any]:
         return {
             **super()._identity(),
-            **settings_identity(self.epochs, self.schedule, self.pool_size),
+            "epochs": self.epochs,
+            "schedule": self.schedule.value,
+            "pool_size": self.pool_size,
         }
 
     def _build_epoch(self, epoch: int) -> list[list[int]]:
         alpha = self.alpha(epoch)
+        rng = epoch_generator(self.seed, epoch)
+        if self._shuffled(epoch):
+            return consecutive_batches(rng.permutation(self.num_samples), self.batch_size)
         started = time.perf_counter()
-        batches = build_curriculum_batches(
-            self.pair_scores,
-            self.batch_size,
-            alpha,
-            epoch_generator(self.seed, epoch),
-            self.pool_size,
-        )
+        scores, order = self._epoch_scores(rng)
+        batches = build_curriculum_batches(scores, self.batch_size, alpha, rng, self.pool_size)
+        del scores  # an online δ is a fresh N x N array: free it before mapping back
+        if order is not None:
+            batches = [[int(order[i]) for i in batch] for batch in batches]
         log.log(
             logging.INFO if self.rank == 0 else logging.DEBUG,
-            "curriculum epoch %d: alpha %.3f, %d batches built in %.2f s",
+            "%s curriculum epoch %d: alpha %.3f, %d batches built in %.2f s%s",
+            self.kind,
             epoch,
             alpha,
             len(batches),
             time.perf_counter() - started,
+            self._epoch_note(),
         )
         return batches

@@ -43,19 +43,12 @@ breaks ties by a per-epoch random order of the samples rather than by dataset in
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 
 from ..config import Schedule, SelectionConfig
-from .curriculum import (
-    build_curriculum_batches,
-    curriculum_settings,
-    epoch_alpha,
-    settings_identity,
-)
-from .samplers import GlobalBatchSampler, epoch_generator
+from .curriculum import CurriculumBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +163,7 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-class OnlineCurriculumSampler(GlobalBatchSampler):
+class OnlineCurriculumSampler(CurriculumBatchSampler):
     """Curriculum batches from an ``OnlineTrajectory`` re-read at every epoch start.
 
     Epoch e uses ``α = schedule((e + 1) / epochs)`` like ``CurriculumBatchSampler``. Epoch 0, and
@@ -195,47 +188,35 @@ class OnlineCurriculumSampler(GlobalBatchSampler):
         drop_last: bool = False,
         pool_size: int | None = None,
     ):
-        super().__init__(trajectory.num_samples, batch_size, seed, rank, world_size, drop_last)
-        self.epochs, self.schedule, self.pool_size = curriculum_settings(
-            epochs, schedule, pool_size
+        super().__init__(
+            trajectory, batch_size, epochs, schedule, seed, rank, world_size, drop_last, pool_size
         )
-        self.trajectory = trajectory
 
-    def alpha(self, epoch: int) -> float:
-        return epoch_alpha(self.schedule, epoch, self.epochs)
+    def _attach(self, trajectory: OnlineTrajectory) -> int:
+        self.trajectory = trajectory
+        return trajectory.num_samples
+
+    def _shuffled(self, epoch: int) -> bool:
+        if epoch == 0:
+            return True
+        if self.trajectory.num_updates == 0:
+            log.warning(
+                "online trajectory: nothing recorded before epoch %d (is the training loop "
+                "calling trajectory.update?): shuffled batches",
+                epoch,
+            )
+            return True
+        return False
+
+    def _epoch_scores(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        perm = rng.permutation(self.num_samples)
+        return self.trajectory.scores(order=perm), perm
+
+    def _epoch_note(self) -> str:
+        return f", {self.trajectory.num_updates} updates recorded"
 
     def _identity(self) -> dict[str, Any]:
-        return {
-            **super()._identity(),
-            **settings_identity(self.epochs, self.schedule, self.pool_size),
-            "decay": self.trajectory.decay,
-        }
-
-    def _build_epoch(self, epoch: int) -> list[list[int]]:
-        alpha = self.alpha(epoch)
-        rng = epoch_generator(self.seed, epoch)
-        if epoch == 0 or self.trajectory.num_updates == 0:
-            if epoch > 0:
-                log.warning(
-                    "online trajectory: nothing recorded before epoch %d (is the training loop "
-                    "calling trajectory.update?): shuffled batches",
-                    epoch,
-                )
-            order = rng.permutation(self.num_samples)
-            return [order[i : i + self.batch_size].tolist()
-                    for i in range(0, order.size, self.batch_size)]  # fmt: skip
-        started = time.perf_counter()
-        perm = rng.permutation(self.num_samples)
-        delta = self.trajectory.scores(order=perm)
-        batches = build_curriculum_batches(delta, self.batch_size, alpha, rng, self.pool_size)
-        del delta
-        log.log(
-            logging.INFO if self.rank == 0 else logging.DEBUG,
-            "online curriculum epoch %d: alpha %.3f, %d updates recorded, %d batches in %.2f s",
-            epoch, alpha, self.trajectory.num_updates, len(batches),
-            time.perf_counter() - started,
-        )  # fmt: skip
-        return [[int(perm[i]) for i in batch] for batch in batches]
+        return {**super()._identity(), "decay": self.trajectory.decay}
 
     def state_dict(self) -> dict[str, Any]:
         """Position, the trajectory state, and the current epoch's batches when built."""

@@ -15,27 +15,27 @@ Resuming: the training engine owns the position inside an epoch and calls
 ``set_epoch(epoch, start_batch=k)``; iteration then yields global batches ``k, k+1, ...`` of the
 same list. ``__len__`` always counts the whole epoch from batch 0.
 
-Samplers are used as ``DataLoader(dataset, batch_sampler=sampler, ...)``.
+Samplers are used as ``DataLoader(dataset, batch_sampler=sampler, ...)``; ``build.py`` picks the
+one ``selection.name`` asks for.
 """
 
 from __future__ import annotations
 
 import abc
-import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
-from ..config import ConfigError, Schedule, SelectionConfig, SelectionName
-
-log = logging.getLogger(__name__)
 
 
 def epoch_generator(seed: int, epoch: int) -> np.random.Generator:
     """The one random stream of an epoch: a function of (seed, epoch) only, equal on every rank."""
     return np.random.default_rng([seed, epoch])
+
+
+def consecutive_batches(order: np.ndarray, batch_size: int) -> list[list[int]]:
+    """``order`` cut into batches of ``batch_size`` (the last may be smaller)."""
+    return [order[i : i + batch_size].tolist() for i in range(0, order.size, batch_size)]
 
 
 class GlobalBatchSampler(abc.ABC):
@@ -167,9 +167,7 @@ class RandomBatchSampler(GlobalBatchSampler):
 
     def _build_epoch(self, epoch: int) -> list[list[int]]:
         order = epoch_generator(self.seed, epoch).permutation(self.num_samples)
-        return [
-            order[i : i + self.batch_size].tolist() for i in range(0, order.size, self.batch_size)
-        ]
+        return consecutive_batches(order, self.batch_size)
 
 
 class SeededBatches:
@@ -193,96 +191,3 @@ class SeededBatches:
 
     def __len__(self) -> int:
         return len(self.sampler)
-
-
-def build_batch_sampler(
-    cfg: SelectionConfig,
-    num_samples: int,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    drop_last: bool = False,
-    *,
-    texts: Sequence[str] | None = None,
-    names: Sequence[str] | None = None,
-    language: str | None = None,
-    run_dir: str | os.PathLike | None = None,
-    trajectory: Any = None,
-) -> GlobalBatchSampler:
-    """The training batch sampler named by ``selection.name``.
-
-    ``trajectory`` memory-maps ``selection.pair_scores`` (the N x N file of the reference run)
-    and checks that it matches the ``num_samples`` of the training split. ``text_semantic`` and
-    ``visual_confusable`` feed the same curriculum from their own score files
-    (``strategies.prepare_strategy_scores``, written under ``run_dir``): ``text_semantic`` needs
-    the train ``texts`` and ``language``, ``visual_confusable`` ``selection.snapshot`` (and checks
-    ``names`` against it when given). ``online_trajectory`` needs the ``OnlineTrajectory`` the
-    training loop updates after every step (``selection/online.py``).
-    """
-    # Imported here: these modules build on GlobalBatchSampler from this module.
-    from .curriculum import CurriculumBatchSampler, load_pair_scores
-
-    try:
-        name = SelectionName(cfg.name)
-    except ValueError as e:
-        raise ConfigError(f"selection.name: unknown selection {cfg.name!r}") from e
-    if name is SelectionName.random:
-        return RandomBatchSampler(num_samples, batch_size, seed, rank, world_size, drop_last)
-    if cfg.pool_size is not None and cfg.pool_size < 1:
-        raise ConfigError(f"selection.pool_size: must be >= 1 or null, got {cfg.pool_size}")
-    if name is SelectionName.online_trajectory:
-        from .online import OnlineCurriculumSampler, OnlineTrajectory
-
-        if not isinstance(trajectory, OnlineTrajectory):
-            raise ConfigError(
-                "selection.name: online_trajectory needs the OnlineTrajectory that the training "
-                "loop updates after every step (build_batch_sampler(..., trajectory=...))"
-            )
-        if trajectory.num_samples != num_samples:
-            raise ValueError(
-                f"online_trajectory: the trajectory covers {trajectory.num_samples} samples, "
-                f"the training split has {num_samples}"
-            )
-        if rank == 0:
-            log.info(
-                "pair selection: online trajectory, schedule %s, decay %s, %d samples",
-                Schedule(cfg.schedule).value,
-                trajectory.decay,
-                num_samples,
-            )
-        return OnlineCurriculumSampler(
-            trajectory, batch_size, epochs, cfg.schedule, seed, rank, world_size, drop_last,
-            cfg.pool_size,
-        )  # fmt: skip
-    if name is SelectionName.trajectory:
-        path = cfg.pair_scores
-    else:
-        from .pair_scores.strategies import prepare_strategy_scores
-
-        path = prepare_strategy_scores(cfg, num_samples, texts, names, language, run_dir)
-    scores = load_pair_scores(path, num_samples)
-    sampler = CurriculumBatchSampler(
-        scores,
-        batch_size=batch_size,
-        epochs=epochs,
-        schedule=cfg.schedule,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        drop_last=drop_last,
-        pool_size=cfg.pool_size,
-    )
-    sampler.kind = name.value  # a resumed run must use the same strategy's scores
-    if rank == 0:
-        log.info(
-            "pair selection (%s): %s, schedule %s, %d samples, global batch %d, pool %s",
-            name.value,
-            path,
-            sampler.schedule.value,
-            num_samples,
-            batch_size,
-            cfg.pool_size,
-        )
-    return sampler

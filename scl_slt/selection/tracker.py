@@ -16,7 +16,8 @@ On-disk format, one folder per snapshot ``<run_dir>/snapshots/epoch-NNNN/``::
     COMPLETE             written last; a folder without it is not a snapshot
 
 A snapshot is written into ``snapshots/.tmp-epoch-NNNN-<pid>/`` (each file fsynced, the marker
-last), then renamed into place, so a crash never leaves a half snapshot under a final name.
+last), then renamed into place (``rundir.atomic.replace_directory``), so a crash never leaves a
+half snapshot under a final name.
 
 Disk: rows x d x 2 bytes. PHOENIX14T train (7,096 samples, ~28 visual tokens after the x4
 temporal block and ~15 text tokens on average, d = 256, fp16): 7,096 x 43 x 256 x 2 B = 156 MB
@@ -51,7 +52,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .. import distributed
-from ..data.dataset import BatchLoader
+from ..data.batching import BatchLoader
+from ..rundir.atomic import replace_directory
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +123,6 @@ def fingerprint_of(train_cfg: Any, names: Sequence[str]) -> dict[str, Any]:
         "names": names_hash(names),
         "num_samples": len(names),
     }
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_bytes(path: Path, write: Callable[[Any], None]) -> None:
@@ -424,15 +418,7 @@ class SnapshotTracker:
         _write_json(tmp / "samples.json", {"names": names, "texts": texts})
         _write_json(tmp / "meta.json", meta)
         _write_bytes(tmp / COMPLETE_MARKER, lambda f: f.write(b"ok\n"))
-        _fsync_path(tmp)
-        if path.exists():  # re-taken after a resume: swap, then drop the old one
-            old = self.out_dir / f".old-{path.name}-{os.getpid()}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-        _fsync_path(self.out_dir)
+        replace_directory(tmp, path)  # a snapshot re-taken after a resume replaces the old one
         size = _dir_bytes(path)
         total = sum(_dir_bytes(p) for p in self.out_dir.iterdir() if is_complete_snapshot(p))
         free = shutil.disk_usage(self.out_dir).free

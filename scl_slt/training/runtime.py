@@ -254,6 +254,22 @@ class StopRequest:
         self._previous.clear()
 
 
+# ------------------------------------------------------------------------------------ batches
+def batch_to_device(
+    batch: dict[str, Any], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs, input_lengths, text_ids, text_mask, colour or None) of a collated batch, on
+    ``device``; ``colour`` (B, 2, 3) comes with augmented uint8 frames and goes to the model."""
+    inputs = batch["inputs"].to(device, non_blocking=True)  # (B, T, D) or (B, T, 3, H, W)
+    input_lengths = batch["input_lengths"].to(device)  # (B,)
+    text_ids = batch["text_ids"].to(device)  # (B, L)
+    text_mask = batch["text_mask"].to(device)  # (B, L)
+    colour = batch.get("colour")
+    if colour is not None:
+        colour = colour.to(device)  # (B, 2, 3)
+    return inputs, input_lengths, text_ids, text_mask, colour
+
+
 # ------------------------------------------------------------------------------ loss weighting
 def global_token_share(text_mask: torch.Tensor, runtime: Runtime) -> torch.Tensor | float:
     """Factor turning this rank's token-mean loss into its part of the global-batch token mean.

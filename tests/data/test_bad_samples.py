@@ -19,15 +19,16 @@ import torch.multiprocessing as mp
 from conftest import TINY_OVERRIDES, compose_train
 from torch import nn
 
-from scl_slt.config import BadSample, validate_train
+from scl_slt.config import BadSample
+from scl_slt.config_checks import validate_train
 from scl_slt.data.datasets import build_split
 from scl_slt.data.labels import DataError
 from scl_slt.data.synthetic.generate import ensure_synthetic
 from scl_slt.rundir.checkpoint import load_weights
 from scl_slt.rundir.layout import read_metrics
 from scl_slt.selection.samplers import RandomBatchSampler
-from scl_slt.stages import contrastive
-from scl_slt.train import run_stage
+from scl_slt.stages import contrastive, run_stage
+from scl_slt.training import loop as training_loop
 from scl_slt.training.runtime import Runtime
 from scl_slt.training.windows import BadBatchRule, complete_window
 
@@ -181,7 +182,7 @@ def _ddp_worker(rank: int, port: int, overrides: list[str], out: str) -> None:
     )  # fmt: skip
     torch.set_num_threads(1)
     forwards: list[list[int]] = []
-    original_losses, original_save = contrastive.compute_losses, contrastive.save_resumable
+    original_losses, original_save = contrastive.compute_losses, training_loop.save_resumable
 
     def record(model, batch, cfg, runtime):
         forwards.append(batch["indices"].tolist())
@@ -195,7 +196,7 @@ def _ddp_worker(rank: int, port: int, overrides: list[str], out: str) -> None:
         torch.save(saved, Path(out, f"step{step}-rank{rank}.pt"))
         return original_save(manager, step, model, state, meta)
 
-    contrastive.compute_losses, contrastive.save_resumable = record, dump
+    contrastive.compute_losses, training_loop.save_resumable = record, dump
     result = run_stage(compose_train(overrides))
     Path(out, f"rank{rank}.json").write_text(json.dumps({"forwards": forwards, **result}))
     dist.destroy_process_group()

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from scl_slt.config import BadSample, ConfigError, DataConfig, Layout, Modality
-from scl_slt.data.dataset import Collator
+from scl_slt.data.batching import Collator
 from scl_slt.data.datasets import build_split, data_config_from_args, split_records
 from scl_slt.data.labels import DataError, read_labels, write_labels
 from scl_slt.data.official import KNOWN_BROKEN

@@ -11,8 +11,10 @@ from PIL import Image
 
 from scl_slt.config import BadSample, DataConfig, Layout, Modality, ResizeMode
 from scl_slt.data.datasets import build_split
-from scl_slt.data.frame_cache import FrameCache, build_frame_cache, clip_relpath, main
+from scl_slt.data.frame_cache import build_frame_cache, main
+from scl_slt.data.frame_store import FrameCache, clip_relpath
 from scl_slt.data.labels import DataError, write_labels
+from scl_slt.rundir.atomic import is_temporary
 
 NAMES = ("train/clip-a", "train/clip-b", "train/clip-c")
 
@@ -89,7 +91,7 @@ def test_conversion_resumes_and_adopts_finished_clips(tmp_path):
     assert paths["train/clip-a"].stat().st_mtime_ns == stamps["train/clip-a"]  # not redone
     assert paths["train/clip-c"].stat().st_mtime_ns == stamps["train/clip-c"]  # adopted
     assert paths["train/clip-b"].is_file()  # redone
-    assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written
+    assert not [p for p in root.rglob("*") if is_temporary(p.name)]  # nothing half-written
 
 
 def test_failed_clips_are_listed_and_become_bad_samples(tmp_path):

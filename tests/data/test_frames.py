@@ -11,22 +11,23 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from scl_slt.config import ConfigError, DataConfig, Layout, Modality, ResizeMode
+from scl_slt.data.batching import loader_generator, worker_init_fn
 from scl_slt.data.dataset import SignDataset, subsample_indices
+from scl_slt.data.datasets import build_frame_source
+from scl_slt.data.frame_files import (
+    FolderFrameSource,
+    decode_frame,
+    list_frames,
+    resize_clip,
+    resized_size,
+)
 from scl_slt.data.frames import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClipParams,
     ClipTransform,
-    FolderFrameSource,
-    build_frame_source,
-    decode_frame,
-    list_frames,
-    loader_generator,
-    resize_clip,
-    resized_size,
     source_index_map,
     temporal_indices,
-    worker_init_fn,
 )
 from scl_slt.data.labels import DataError
 from scl_slt.selection.samplers import RandomBatchSampler, SeededBatches

@@ -20,18 +20,17 @@ from conftest import TINY_OVERRIDES, compose_train
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import scl_slt.data.dataset as dataset_module
+import scl_slt.data.batching as batching_module
 from scl_slt.config import DataConfig, Layout, Modality, SignEmbeddingConfig
-from scl_slt.data.dataset import Collator, SignDataset
+from scl_slt.data.batching import Collator, loader_generator, worker_init_fn
+from scl_slt.data.dataset import SignDataset
+from scl_slt.data.datasets import build_frame_source
 from scl_slt.data.frames import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClipParams,
     ClipTransform,
-    build_frame_source,
-    loader_generator,
     normalise_frames,
-    worker_init_fn,
 )
 from scl_slt.models.sign_embedding import SignEmbedding
 from scl_slt.rundir.layout import read_metrics
@@ -344,12 +343,12 @@ def test_synthetic_frames_training_runs_on_uint8_batches(synthetic_cache, tmp_pa
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_worker_batches_are_written_through_the_shared_file(monkeypatch, dtype):
-    monkeypatch.setattr(dataset_module, "get_worker_info", lambda: object())  # as in a worker
+    monkeypatch.setattr(batching_module, "get_worker_info", lambda: object())  # as in a worker
     gen = torch.Generator().manual_seed(4)
     clips = [(torch.rand(n, 3, 4, 5, generator=gen) * 255).to(dtype) for n in (3, 6, 1)]
-    batch = dataset_module._empty_batch(clips[0], (3, 6, 3, 4, 5))
+    batch = batching_module._empty_batch(clips[0], (3, 6, 3, 4, 5))
     assert batch.is_shared()
-    assert dataset_module._write_through_shared_file(batch, clips)  # the pwrite path ran
+    assert batching_module._write_through_shared_file(batch, clips)  # the pwrite path ran
     expected = torch.zeros(3, 6, 3, 4, 5, dtype=dtype)
     for i, clip in enumerate(clips):
         expected[i, : len(clip)] = clip

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from scl_slt.data import dataset as dataset_module
-from scl_slt.data.dataset import BatchLoader, Collator, adopt_batch
-from scl_slt.train import run_stage
+from scl_slt.data import batching as batching_module
+from scl_slt.data.batching import BatchLoader, Collator, adopt_batch
+from scl_slt.stages import run_stage
 from scl_slt.training.runtime import Runtime
 
 REFERENCE = ("tracker.enabled=true", "tracker.interval=1", "stage.epochs=1", "stage.eval_every=1")
@@ -150,8 +150,8 @@ def test_a_worker_refills_a_buffer_only_once_it_is_released(monkeypatch):
     """The ring in one process standing in for a worker: an adopted (copied-out, released)
     batch's buffer is refilled by the next batch of the same size or smaller; a buffer still out
     is not; a larger batch gets a new buffer."""
-    monkeypatch.setattr(dataset_module, "get_worker_info", lambda: object())
-    monkeypatch.setattr(dataset_module, "_ring", None)
+    monkeypatch.setattr(batching_module, "get_worker_info", lambda: object())
+    monkeypatch.setattr(batching_module, "_ring", None)
     dataset, collate = _CodedClips(), Collator(_OneIdPerChar(), reuse_buffers=True)
 
     def collated(indices):

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from scl_slt.config import ConfigError, DataConfig, Layout, Modality, SyntheticConfig
+from scl_slt.config import CONFIG_DIR, ConfigError, DataConfig, Layout, Modality, SyntheticConfig
 from scl_slt.data.datasets import build_split
 from scl_slt.data.labels import SPLITS, DataError, read_labels
 from scl_slt.data.synthetic import generate as synthetic
-from scl_slt.data.synthetic.generate import build_language, cache_root, ensure_synthetic, translate
-
-REPO = Path(__file__).resolve().parents[2]
+from scl_slt.data.synthetic.__main__ import main
+from scl_slt.data.synthetic.generate import cache_root, ensure_synthetic
+from scl_slt.data.synthetic.grammar import translate
+from scl_slt.data.synthetic.language import as_synthetic_config, build_language
 
 
 def small(tmp_path: Path, **overrides) -> SyntheticConfig:
@@ -246,8 +247,11 @@ def test_cache_is_reused_and_ignores_stale_temporary_folders(tmp_path):
     stale = root.parent / f".{root.name}.tmp-12345-deadbeef"
     (stale / "features").mkdir(parents=True)
     (stale / "labels.train").write_bytes(b"half written")
+    other = root.parent / ".0123456789ab.tmp-12345-deadbeef"  # another config's, maybe in progress
+    other.mkdir()
     assert ensure_synthetic(cfg, Modality.features) == root
     assert not stale.exists() and (root / "meta.json").is_file()
+    assert other.is_dir()  # only this dataset's own leftovers are removed
     assert len(read_labels(root / "labels.train")) == cfg.num_train
     stamp = (root / "meta.json").stat().st_mtime_ns
     assert ensure_synthetic(cfg, Modality.features) == root
@@ -318,7 +322,7 @@ def test_bad_values_raise_naming_the_key(tmp_path, overrides, key):
     "name, modality", [("synthetic", "features"), ("synthetic_frames", "frames")]
 )
 def test_data_configs_merge_onto_the_schema(name, modality):
-    yaml = OmegaConf.load(REPO / "configs" / "data" / f"{name}.yaml")
+    yaml = OmegaConf.load(CONFIG_DIR / "data" / f"{name}.yaml")
     data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), yaml))
     assert data.layout is Layout.synthetic and data.modality is Modality(modality)
     assert (data.name, data.language, data.lang_code) == ("synthetic", "de", "de_DE")
@@ -328,17 +332,17 @@ def test_data_configs_merge_onto_the_schema(name, modality):
 
 
 def test_cli_generates_and_prints_stats(tmp_path, capsys):
-    synthetic.main([f"cache_dir={tmp_path}", "num_train=20", "num_dev=4", "num_test=4"])
+    main([f"cache_dir={tmp_path}", "num_train=20", "num_dev=4", "num_test=4"])
     out = capsys.readouterr().out
     assert "generated" in out and "'train': 20" in out and "rate duplicate" in out
-    synthetic.main([f"cache_dir={tmp_path}", "num_train=20", "num_dev=4", "num_test=4"])
+    main([f"cache_dir={tmp_path}", "num_train=20", "num_dev=4", "num_test=4"])
     assert "reused" in capsys.readouterr().out
 
 
 def test_cache_dir_default_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SCL_SLT_CACHE", str(tmp_path / "env"))
     plain = cache_root(SyntheticConfig())  # a plain dataclass still holds ${oc.env:...}
-    omega = cache_root(synthetic.as_synthetic_config(OmegaConf.structured(SyntheticConfig)))
+    omega = cache_root(as_synthetic_config(OmegaConf.structured(SyntheticConfig)))
     assert plain == omega and plain.parent == tmp_path / "env" / "synthetic"
     reseeded = cache_root(SyntheticConfig(seed=1))
     assert reseeded.parent == plain.parent and reseeded.name != plain.name

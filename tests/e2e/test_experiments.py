@@ -1,10 +1,15 @@
 """Every ``configs/experiment/*.yaml`` composes, validates and trains a few steps on the tiny
-model and the synthetic data (paths it expects from earlier runs are made here); the paper's grid
-of experiments chains its run directories correctly, and the report puts every run of the grid
-in the row or ablation it stands for."""
+model and the synthetic data (paths it expects from earlier runs are made here), the paper's ones
+once per dataset (``experiment=<name> data=<dataset>``); the paper's grid of experiments chains
+its run directories correctly on either dataset, scripts/reproduce_paper.sh launches it as
+``experiment=<name> data=<dataset>``, and the report puts every run of the grid in the row or
+ablation it stands for."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +18,36 @@ import yaml
 from conftest import compose_train
 from omegaconf import OmegaConf
 
-from scl_slt.config import SelectionName, StageName, TrainConfig, to_container, validate_train
+from scl_slt.config import CONFIG_DIR, SelectionName, StageName, TrainConfig, to_container
+from scl_slt.config_checks import validate_train
 from scl_slt.eval.translation import write_predictions
 from scl_slt.report.build import build_report
 from scl_slt.report.runs import CL_SLT, COMPONENT_ROWS, SCL_SLT, W_CL, W_SCL
 from scl_slt.rundir.checkpoint import find_latest_checkpoint
-from scl_slt.train import run_stage
+from scl_slt.stages import run_stage
 
-EXPERIMENTS = sorted(
-    p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "experiment").glob("*.yaml")
-)
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 SMOKE = ("data=synthetic", "model=tiny", "stage.max_steps=2", "stage.eval_every=0")
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+DATASETS = ("phoenix14t", "csl_daily")
+SCHEDULES = ("hard_only", "easy_only", "linear", "sqrt")  # log: scl
+INTERVALS = (1, 10)  # 5: reference
+METHODS = ("cls", "mean")  # cico: reference / scl
+COMPONENT = ("reference", "scl", "translate", "cl_slt", "baseline")
+ABLATIONS = (
+    *(f"schedule_{s}" for s in SCHEDULES),
+    *(f"reference_interval_{i}" for i in INTERVALS), *(f"interval_{i}" for i in INTERVALS),
+    *(f"reference_{m}" for m in METHODS), *(f"similarity_{m}" for m in METHODS),
+)  # fmt: skip
+GRID = (*COMPONENT, *ABLATIONS)  # the paper's experiments: one file each, for either dataset
+# The paper's experiments are smoke-run once per dataset (as written with data=<dataset>, then
+# trained with the SMOKE overrides), the others (tiny, tiny_hard: their own data) once.
+SMOKE_CASES = [
+    pytest.param(name, dataset, id=f"{name}-{dataset}" if dataset else name)
+    for name in EXPERIMENTS
+    for dataset in (DATASETS if name in GRID else (None,))
+]
 
 
 def test_experiments_exist():
@@ -41,10 +65,13 @@ def stage1_run(tmp_path_factory, synthetic_cache) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_smoke_runs(name, tiny_overrides, stage1_run, tmp_path):
-    as_written = compose_train([f"experiment={name}"])  # the file itself composes
-    overrides = [f"experiment={name}", *SMOKE, *tiny_overrides]
+@pytest.mark.parametrize(("name", "dataset"), SMOKE_CASES)
+def test_experiment_smoke_runs(name, dataset, tiny_overrides, stage1_run, tmp_path):
+    data = [f"data={dataset}"] if dataset else []
+    as_written = compose_train([f"experiment={name}", *data])  # the file itself composes
+    if dataset:
+        assert as_written.data.name == dataset
+    overrides = [f"experiment={name}", *data, *SMOKE, *tiny_overrides]  # SMOKE's data= wins
     if as_written.selection.name == SelectionName.trajectory.value:
         scores = tmp_path / "pair_scores.npy"
         np.save(scores, np.random.default_rng(0).normal(size=(24, 24)).astype(np.float16))
@@ -62,28 +89,24 @@ def test_experiment_smoke_runs(name, tiny_overrides, stage1_run, tmp_path):
         assert (Path(result["run_dir"]) / "snapshots" / "epoch-0000" / "COMPLETE").is_file()
 
 
-DATASETS = ("phoenix14t", "csl_daily")
-SCHEDULES = ("hard_only", "easy_only", "linear", "sqrt")  # log: <dataset>_scl
-INTERVALS = (1, 10)  # 5: <dataset>_reference
-METHODS = ("cls", "mean")  # cico: <dataset>_reference / _scl
-GRID = (
-    "reference", "scl", "translate", "cl_slt", "baseline",
-    *(f"schedule_{s}" for s in SCHEDULES),
-    *(f"reference_interval_{i}" for i in INTERVALS), *(f"interval_{i}" for i in INTERVALS),
-    *(f"reference_{m}" for m in METHODS), *(f"similarity_{m}" for m in METHODS),
-)  # fmt: skip
-
-
 def grid_config(dataset: str, name: str, root: Path, seed: int = 0) -> TrainConfig:
-    """The typed config of ``<dataset>_<name>``; not validated, since the paths it names are the
-    outputs of the runs before it (the smoke test above validates every file)."""
-    overrides = [f"experiment={dataset}_{name}", f"runs_root={root}", f"seed={seed}"]
+    """The typed config of ``experiment=<name> data=<dataset>``; not validated, since the paths it
+    names are the outputs of the runs before it (the smoke test above validates every file)."""
+    overrides = [f"experiment={name}", f"data={dataset}", f"runs_root={root}", f"seed={seed}"]
     return OmegaConf.to_object(compose_train(overrides))
+
+
+def test_paper_grid_leaves_the_dataset_to_the_command_line():
+    """No experiment of the grid sets the dataset itself: without data= it keeps train.yaml's
+    default (so data= on the command line, or in reproduce_paper.sh, picks the dataset)."""
+    default = compose_train([]).data.name
+    for name in GRID:
+        assert compose_train([f"experiment={name}"]).data.name == default, name
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_paper_grid_exists_and_chains_its_runs(dataset, tmp_path):
-    assert {f"{dataset}_{name}" for name in GRID} <= set(EXPERIMENTS)
+    assert set(GRID) <= set(EXPERIMENTS)
     c = {name: grid_config(dataset, name, tmp_path, seed=3) for name in GRID}
     run = {name: Path(cfg.run_dir) for name, cfg in c.items()}
     assert len(set(run.values())) == len(GRID)  # no two experiments share a run directory
@@ -193,15 +216,70 @@ def test_report_places_every_run_of_the_grid(tmp_path):
             assert sorted(ablations[factor][main].values("bleu4")) == [bleu["scl"], bleu["scl"] + 1]
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_reproduce_paper_script_launches_the_grid_per_dataset(nproc, tmp_path):
+    """scripts/reproduce_paper.sh with a stand-in for python that only logs its command lines:
+    for each dataset, every experiment of its grid (the ablations on ABLATION_DATASETS only) trains
+    once per seed as ``experiment=<name> data=<dataset> runs_root=OUT_DIR`` with EXTRA last, as a
+    Hydra multirun (NPROC=1) or one torch.distributed.run per run (NPROC>1), each experiment after
+    the runs it starts from; then the report."""
+    calls = tmp_path / "calls.tsv"
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\t" "$@" >>"$CALLS"\necho >>"$CALLS"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(calls), "SEEDS": "0 1",
+           "DATASETS": " ".join(DATASETS), "ABLATION_DATASETS": "phoenix14t",
+           "NPROC": str(nproc), "EXTRA": "stage.epochs=2"}  # fmt: skip
+    for var in ("MBART_PATH", "MBART_PATH_PHOENIX14T", "MBART_PATH_CSL_DAILY"):
+        env.pop(var, None)
+    script = SCRIPTS / "reproduce_paper.sh"
+    result = subprocess.run(
+        ["bash", str(script), str(out)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [line.rstrip("\t").split("\t") for line in calls.read_text().splitlines()]
+    trained = []  # (dataset, experiment, seed) in launch order
+    for args in lines:
+        if "scl_slt.train" not in args:
+            continue
+        train_args = args[args.index("scl_slt.train") + 1 :]
+        assert ("-m" in train_args) == (nproc == 1)  # a Hydra multirun unless DDP
+        assert ("torch.distributed.run" in args) == (nproc > 1)
+        assert train_args[-1] == "stage.epochs=2"  # EXTRA comes last
+        kv = dict(a.split("=", 1) for a in train_args if "=" in a)
+        assert kv["runs_root"] == str(out.resolve()) and kv["resume"] == "auto"
+        for experiment in kv["experiment"].split(","):
+            assert experiment in EXPERIMENTS, experiment
+            trained += [(kv["data"], experiment, seed) for seed in kv["seed"].split(",")]
+    expected = {
+        (dataset, name, seed)
+        for dataset in DATASETS
+        for name in (GRID if dataset == "phoenix14t" else COMPONENT)
+        for seed in ("0", "1")
+    }
+    assert sorted(trained) == sorted(expected)  # each exactly once
+    for dataset in DATASETS:
+        order = [name for d, name, _ in trained if d == dataset]
+
+        def first(name, order=order):
+            return order.index(name)
+
+        assert first("reference") < first("scl") < first("translate")
+        assert first("reference") < min(first("cl_slt"), first("baseline"))
+        if dataset == "phoenix14t":
+            references = [n for n in ABLATIONS if n.startswith("reference_")]
+            selective = [n for n in ABLATIONS if not n.startswith("reference_")]
+            assert max(map(first, references)) < min(map(first, selective))
+    assert "scl_slt.report" in lines[-1]
+
+
 @pytest.mark.slow
 def test_reproduce_paper_script_runs_the_grid_on_synthetic_data(tmp_path):
-    """scripts/reproduce_paper.sh end to end (one seed, PHOENIX14T grid with ablations) with the
-    tiny model on the synthetic data: every run of the grid trains, the references are scored, the
-    table runs are evaluated and the report has all its tables."""
-    import os
-    import subprocess
-    import sys
-
+    """scripts/reproduce_paper.sh end to end (one seed, the PHOENIX14T grid with ablations, whose
+    data=phoenix14t EXTRA's data=synthetic overrides) with the tiny model on the synthetic data:
+    every run of the grid trains, the references are scored, the table runs are evaluated and the
+    report has all its tables."""
     from conftest import TINY_OVERRIDES
 
     out = tmp_path / "out"
@@ -209,7 +287,7 @@ def test_reproduce_paper_script_runs_the_grid_on_synthetic_data(tmp_path):
              "stage.lr=1e-3", *TINY_OVERRIDES]  # fmt: skip
     env = {**os.environ, "PYTHON": sys.executable, "SEEDS": "0", "DATASETS": "phoenix14t",
            "EXTRA": " ".join(extra), "SCL_SLT_CACHE": str(tmp_path / "cache")}  # fmt: skip
-    script = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_paper.sh"
+    script = SCRIPTS / "reproduce_paper.sh"
     result = subprocess.run(
         ["bash", str(script), str(out)], env=env, capture_output=True, text=True
     )

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from scl_slt import losses
 from scl_slt.data.dataset import SignDataset
 from scl_slt.rundir import checkpoint as ck
 from scl_slt.rundir.layout import read_metrics
-from scl_slt.stages import translate
-from scl_slt.train import run_stage
+from scl_slt.stages import run_stage
 from scl_slt.training.optim import NonFiniteLossError
 from scl_slt.training.runtime import StopRequest
 
@@ -73,7 +73,7 @@ def test_skip_mode_skips_the_step_and_training_continues(tiny_train_cfg, monkeyp
 
 def test_skip_mode_stops_after_max_in_a_row(tiny_train_cfg, monkeypatch):
     monkeypatch.setattr(
-        translate.losses, "translation_loss", lambda logits, *a, **k: logits.sum() * float("nan")
+        losses, "translation_loss", lambda logits, *a, **k: logits.sum() * float("nan")
     )
     cfg = tiny_train_cfg(
         "stage=translate", "stage.nonfinite=skip", "stage.max_nonfinite=2", "stage.eval_every=0"

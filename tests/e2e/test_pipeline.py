@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from scl_slt.pipeline import main, split_arguments, strategy_runs
+from scl_slt.pipeline import main
+from scl_slt.stages.pipeline import split_arguments, strategy_runs
 
 # An untrained (or collapsed) model on the synthetic test split scores BLEU-4 well under 5: it
 # emits one generic sentence for every clip. The floors below are far above that.

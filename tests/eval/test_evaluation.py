@@ -1,4 +1,4 @@
-"""translate_loader / evaluate_split / write_predictions with a fake model that follows the
+"""translate_loader / score_rows / write_predictions with a fake model that follows the
 ``generate`` contract, and the 2-process gather (gloo) against the single-process result."""
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from scl_slt.config import GenerationConfig
-from scl_slt.data.dataset import Collator, SignDataset
+from scl_slt.data.batching import Collator
+from scl_slt.data.dataset import SignDataset
 from scl_slt.eval import translation as evaluation
 from scl_slt.eval.metrics import compute_metrics, read_lines
 from scl_slt.eval.translation import (
     build_eval_loader,
-    evaluate_split,
     evaluation_meta,
     gather_rows,
     override_generation,
+    score_rows,
     translate_loader,
     write_predictions,
 )
@@ -182,12 +183,11 @@ def test_max_length_reaches_the_model():
     assert [r["hypothesis"] for r in rows] == [" ".join(h.split()[:2]) for h in HYPOTHESES]
 
 
-def test_evaluate_split_scores_the_gathered_rows():
+def test_score_rows_scores_the_gathered_rows():
     tok = FakeTokenizer(VOCAB)
     loader = build_eval_loader(make_dataset(), Collator(tok), batch_size=2)
-    metrics, rows = evaluate_split(
-        FakeModel(tok, HYPOTHESES), loader, tok, GenerationConfig(), "cpu", "de"
-    )
+    rows = translate_loader(FakeModel(tok, HYPOTHESES), loader, tok, GenerationConfig(), "cpu")
+    metrics = score_rows(rows, "de")
     assert rows == expected_rows()
     assert metrics == compute_metrics(HYPOTHESES, REFERENCES, "de")
     assert 0 < metrics["bleu4"] < 100
@@ -290,9 +290,8 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         tok = FakeTokenizer(VOCAB)
         loader = build_eval_loader(make_dataset(), Collator(tok), batch_size=2)
         local = [int(i) for i in loader.sampler]  # this rank's share, padded by the sampler
-        metrics, rows = evaluate_split(
-            FakeModel(tok, HYPOTHESES), loader, tok, GenerationConfig(), "cpu", "de"
-        )
+        rows = translate_loader(FakeModel(tok, HYPOTHESES), loader, tok, GenerationConfig(), "cpu")
+        metrics = score_rows(rows, "de")
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"local": local, "metrics": metrics, "rows": rows}, f)
     finally:
@@ -307,9 +306,10 @@ def test_two_process_gather_equals_single_process(tmp_path):
 
     tok = FakeTokenizer(VOCAB)
     single_loader = build_eval_loader(make_dataset(), Collator(tok), batch_size=2)
-    single_metrics, single_rows = evaluate_split(
-        FakeModel(tok, HYPOTHESES), single_loader, tok, GenerationConfig(), "cpu", "de"
+    single_rows = translate_loader(
+        FakeModel(tok, HYPOTHESES), single_loader, tok, GenerationConfig(), "cpu"
     )
+    single_metrics = score_rows(single_rows, "de")
     for result in results:
         assert result["rows"] == single_rows
         assert result["metrics"] == single_metrics  # exactly, not approximately
@@ -327,7 +327,8 @@ def test_run_config_round_trip_and_checkpoint_tag(tmp_path):
     from omegaconf import OmegaConf
 
     from scl_slt.config import TrainConfig, to_container
-    from scl_slt.evaluate import checkpoint_tag, load_run_config
+    from scl_slt.eval.evaluator import checkpoint_tag
+    from scl_slt.rundir.layout import load_run_config
 
     saved = TrainConfig(run_dir=str(tmp_path))
     saved.model.generation.num_beams = 3
@@ -347,23 +348,17 @@ def test_run_config_round_trip_and_checkpoint_tag(tmp_path):
 
 
 def _compose(overrides: list[str]):
-    from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
+    from scl_slt.config import compose_config
 
-    from scl_slt.config import register_configs
-
-    register_configs()
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base=None):
-        return compose("evaluate", overrides=overrides)
+    return compose_config("evaluate", overrides)
 
 
 def test_evaluate_config_is_checked_before_any_work(tmp_path):
     from hydra.errors import ConfigCompositionException
 
     from scl_slt.config import ConfigError
-    from scl_slt.evaluate import validate_evaluate
+    from scl_slt.eval.evaluator import validate_evaluate
 
     cfg = validate_evaluate(_compose([f"run_dir={tmp_path}", "num_beams=2"]))
     assert (cfg.checkpoint, cfg.split, cfg.num_beams) == ("best", "test", 2)
@@ -406,9 +401,10 @@ def test_evaluate_stage1_checkpoint_equals_direct_generation(tiny_train_cfg):
 
     import yaml
 
-    from scl_slt.config import to_container, validate_train
+    from scl_slt.config import to_container
+    from scl_slt.config_checks import validate_train
     from scl_slt.data.datasets import build_split
-    from scl_slt.evaluate import evaluate_run
+    from scl_slt.eval.evaluator import evaluate_run
     from scl_slt.models.builder import build_model, build_tokenizer
     from scl_slt.rundir.checkpoint import save_checkpoint
 
@@ -452,15 +448,15 @@ def test_evaluate_stage1_checkpoint_equals_direct_generation(tiny_train_cfg):
 def test_evaluate_a_trained_translate_run(tiny_train_cfg):
     from pathlib import Path
 
-    from scl_slt.config import validate_train
+    from scl_slt.config_checks import validate_train
     from scl_slt.data.datasets import build_split
-    from scl_slt.evaluate import evaluate_run
+    from scl_slt.eval.evaluator import evaluate_run
     from scl_slt.rundir.checkpoint import resolve_checkpoint
     from scl_slt.rundir.layout import read_metrics
-    from scl_slt.stages import translate
+    from scl_slt.stages import run_stage
 
     cfg = tiny_train_cfg("stage=translate", "stage.epochs=1")
-    run_dir = Path(translate.run(cfg)["run_dir"])
+    run_dir = Path(run_stage(cfg)["run_dir"])
     best = resolve_checkpoint(run_dir, "best")
 
     # The best-on-dev checkpoint re-evaluated on dev gives what training logged for it.

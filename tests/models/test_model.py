@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from scl_slt.config import DataConfig, ModelConfig, SignEmbeddingConfig
-from scl_slt.models.builder import HandOffError, build_model, count_parameters, load_submodules
+from scl_slt.models.builder import build_model, count_parameters
+from scl_slt.models.handoff import HandOffError, load_submodules
 from scl_slt.models.sign_embedding import (
     SignEmbedding,
     imagenet_weights_path,

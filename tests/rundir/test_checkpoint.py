@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from scl_slt.config import ConfigError
 from scl_slt.rundir import checkpoint as ck
 
 
@@ -132,29 +131,6 @@ def test_best_falls_back_to_last_without_dev_evaluation(tmp_path):
     assert ck.resolve_checkpoint(tmp_path, "best").name == "step-000000007"
     with pytest.raises(ck.CheckpointError, match="neither a checkpoint nor a run"):
         ck.resolve_checkpoint(tmp_path / "nowhere")
-
-
-def test_resume_config_differences_names_keys_and_ignores_free_ones():
-    saved = {"stage": {"lr": 1e-4, "log_every": 10}, "run_dir": "a", "data": {"num_workers": 0}}
-    same = {"stage": {"lr": 1e-4, "log_every": 1}, "run_dir": "b", "data": {"num_workers": 4}}
-    assert ck.resume_config_differences(saved, same) == []
-    other = {"stage": {"lr": 2e-4, "log_every": 10}, "run_dir": "a", "data": {"num_workers": 0}}
-    assert ck.resume_config_differences(saved, other) == ["stage.lr: 0.0001 -> 0.0002"]
-
-
-def test_locate_resume(tmp_path):
-    assert ck.locate_resume("none", tmp_path) is None
-    assert ck.locate_resume("auto", tmp_path) is None
-    manager = ck.CheckpointManager(tmp_path, keep_last=3, keep_best=1)
-    manager.save(1, _state(1.0), {"step": 1}, {})
-    second = manager.save(2, _state(2.0), {"step": 2}, {})
-    with pytest.raises(ConfigError, match="already holds checkpoints"):
-        ck.locate_resume("none", tmp_path)
-    assert ck.locate_resume("auto", tmp_path) == second
-    assert ck.locate_resume(str(tmp_path), tmp_path / "elsewhere") == second
-    weights_only = ck.save_checkpoint(tmp_path / "w", _state(1.0))
-    with pytest.raises(ck.CheckpointError, match="weights-only"):
-        ck.locate_resume(str(weights_only), tmp_path)
 
 
 def test_partial_writes_are_cleaned(tmp_path):

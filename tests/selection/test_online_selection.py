@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from scl_slt.config import ConfigError, SelectionConfig
+from scl_slt.selection.build import build_batch_sampler
 from scl_slt.selection.curriculum import build_curriculum_batches
 from scl_slt.selection.online import OnlineCurriculumSampler, OnlineTrajectory
-from scl_slt.selection.samplers import RandomBatchSampler, build_batch_sampler, epoch_generator
+from scl_slt.selection.samplers import RandomBatchSampler, epoch_generator
 
 
 class LoopEMA:

@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from scl_slt.config import ConfigError, SelectionConfig, SelectionName
+from scl_slt.selection.build import build_batch_sampler
 from scl_slt.selection.curriculum import CurriculumBatchSampler
-from scl_slt.selection.samplers import RandomBatchSampler, SeededBatches, build_batch_sampler
+from scl_slt.selection.samplers import RandomBatchSampler, SeededBatches
 
 
 def scores(n: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import scl_slt.models.all_pairs as all_pairs
 from scl_slt import score
 from scl_slt.config import SyntheticConfig, TrainConfig, to_container
 from scl_slt.models.similarity import pairwise_similarity
+from scl_slt.selection.pair_scores.trajectory import score_run
 from scl_slt.selection.tracker import SnapshotTracker, fingerprint_of, names_hash, snapshots_dir
 from scl_slt.selection.trajectory import SnapshotMismatchError, confusable_pairs
 
@@ -130,7 +131,7 @@ def similarity_from_model(seed, samples, tau):
 @pytest.mark.parametrize("write_config, tau", [(True, 0.1), (False, 0.07)])
 def test_scores_equal_similarity_recomputed_from_the_model(tmp_path, write_config, tau):
     samples = make_run(tmp_path, tau=0.1, write_config=write_config)  # no config: default 0.07
-    path = score.score_run(tmp_path, device="cpu")
+    path = score_run(tmp_path, device="cpu")
     assert path == tmp_path / "pair_scores.npy"
     S = {}
     for e in (0, 2, 4):
@@ -159,7 +160,7 @@ def test_scores_equal_similarity_recomputed_from_the_model(tmp_path, write_confi
 
 def test_slope_option_equals_polyfit(tmp_path):
     make_run(tmp_path, epochs=(0, 1, 3, 6))
-    score.score_run(tmp_path, delta="slope", threshold="per_snapshot", device="cpu")
+    score_run(tmp_path, delta="slope", threshold="per_snapshot", device="cpu")
     S = np.stack([np.load(tmp_path / "scores" / f"S-epoch-{e:04d}.npy") for e in (0, 1, 3, 6)])
     S = S.astype(np.float64)
     slope = np.polyfit([0.0, 1.0, 3.0, 6.0], S.reshape(4, -1), 1)[0].reshape(7, 7)
@@ -184,7 +185,7 @@ def test_resume_after_a_crash_reuses_finished_snapshots(tmp_path, monkeypatch):
 
     monkeypatch.setattr(all_pairs, "score_all_pairs", crash_on_second)
     with pytest.raises(RuntimeError, match="killed"):
-        score.score_run(run, device="cpu")
+        score_run(run, device="cpu")
     first = run / "scores" / "S-epoch-0000.npy"
     assert first.is_file() and (run / "scores" / "S-epoch-0000.json").is_file()
     assert not (run / "scores" / "S-epoch-0002.json").exists()
@@ -195,12 +196,12 @@ def test_resume_after_a_crash_reuses_finished_snapshots(tmp_path, monkeypatch):
     monkeypatch.setattr(
         all_pairs, "score_all_pairs", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
     )
-    score.score_run(run, device="cpu")
+    score_run(run, device="cpu")
     assert len(calls) == 2, "only the two unfinished snapshots are scored"
     assert first.stat().st_mtime_ns == stamp
 
     calls.clear()
-    score.score_run(reference_run, device="cpu")
+    score_run(reference_run, device="cpu")
     assert len(calls) == 3
     for name in ("pair_scores.npy", "scores/S-epoch-0000.npy", "scores/S-epoch-0004.npy"):
         np.testing.assert_array_equal(np.load(run / name), np.load(reference_run / name))
@@ -210,7 +211,7 @@ def test_resume_after_a_crash_reuses_finished_snapshots(tmp_path, monkeypatch):
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.model.similarity.tau = 0.2
     OmegaConf.save(cfg, run / "config.yaml")
-    score.score_run(run, device="cpu")
+    score_run(run, device="cpu")
     assert len(calls) == 3
 
 
@@ -226,7 +227,7 @@ def test_mismatched_snapshots_are_refused(tmp_path):
         FakeModel(4), DataLoader(samples, batch_size=3, collate_fn=collate), 4, "cpu"
     )
     with pytest.raises(SnapshotMismatchError) as err:
-        score.score_run(tmp_path, device="cpu")
+        score_run(tmp_path, device="cpu")
     message = str(err.value)
     assert str(snapshots_dir(tmp_path) / "epoch-0000") in message and str(bad) in message
     assert "model" in message and "similarity" in message
@@ -236,13 +237,13 @@ def test_mismatched_snapshots_are_refused(tmp_path):
     make_run(other_names, epochs=(0,))
     make_run(other_names, epochs=(2,), samples=make_samples(prefix="train/other"))
     with pytest.raises(SnapshotMismatchError, match="sample names differ"):
-        score.score_run(other_names, device="cpu")
+        score_run(other_names, device="cpu")
 
 
 def test_one_snapshot_is_not_a_trajectory(tmp_path):
     make_run(tmp_path, epochs=(0,))
     with pytest.raises(ValueError, match="at least two"):
-        score.score_run(tmp_path, device="cpu")
+        score_run(tmp_path, device="cpu")
 
 
 def test_bf16_precision_on_cpu_scores_close_to_fp32_and_is_its_own_result(tmp_path, monkeypatch):
@@ -260,12 +261,12 @@ def test_bf16_precision_on_cpu_scores_close_to_fp32_and_is_its_own_result(tmp_pa
     for e, s in bf16.items():
         np.testing.assert_allclose(s, similarity_from_model(e, samples, 0.1), atol=2e-2)
     dtypes.clear()
-    score.score_run(tmp_path, device="cpu")  # auto on CPU: fp32, so every snapshot again
+    score_run(tmp_path, device="cpu")  # auto on CPU: fp32, so every snapshot again
     assert dtypes == [torch.float32] * 3
     fp32 = np.load(tmp_path / "scores" / "S-epoch-0004.npy")
     assert not np.array_equal(fp32, bf16[4])
     dtypes.clear()
-    score.score_run(tmp_path, device="cpu", precision="fp32")  # the same as auto here: reused
+    score_run(tmp_path, device="cpu", precision="fp32")  # the same as auto here: reused
     assert dtypes == []
     assert score.main([f"run_dir={tmp_path}", "precision=fp16"]) == 2
 
@@ -290,7 +291,7 @@ def test_bad_config_yaml_is_named(tmp_path):
         "model:\n  similarity:\n    method: cosine\n    tau: 0.1\n"
     )
     with pytest.raises(ValueError, match=r"config.yaml: model.similarity.method"):
-        score.score_run(tmp_path, device="cpu")
+        score_run(tmp_path, device="cpu")
 
 
 def test_synthetic_run_gets_the_confusable_pair_set(tmp_path):
@@ -315,7 +316,7 @@ def test_synthetic_run_gets_the_confusable_pair_set(tmp_path):
         for i, r in enumerate(dataset.records)
     ]
     make_run(tmp_path / "run", epochs=(0, 1), samples=samples, cfg=cfg)
-    score.score_run(tmp_path / "run", device="cpu")
+    score_run(tmp_path / "run", device="cpu")
     enrichment = json.loads((tmp_path / "run" / "trajectory" / "summary.json").read_text())[
         "enrichment"
     ]
@@ -327,13 +328,13 @@ def test_synthetic_run_gets_the_confusable_pair_set(tmp_path):
 def test_tracked_contrastive_run_scores_equal_the_saved_model(tmp_path):
     """A tiny real reference run: the scorer's S^k equals the similarity recomputed from the
     checkpoint saved at epoch k (the real model, tokenizer and training loop)."""
-    from scl_slt.data.dataset import Collator
+    from scl_slt.data.batching import Collator
     from scl_slt.data.datasets import build_split
-    from scl_slt.evaluate import load_run_config
     from scl_slt.models.builder import build_model
     from scl_slt.models.tokenizer import SLTTokenizer
     from scl_slt.rundir.checkpoint import load_weights, read_marker, step_checkpoints
-    from scl_slt.stages import contrastive
+    from scl_slt.rundir.layout import load_run_config
+    from scl_slt.stages import run_stage
 
     run = tmp_path / "reference"
     cfg = TrainConfig(run_dir=str(run), device="cpu")
@@ -344,13 +345,13 @@ def test_tracked_contrastive_run_scores_equal_the_saved_model(tmp_path):
     cfg.stage.lr = 1e-3
     cfg.model.sign_embedding.hidden = 32  # small and fast on a contended CPU
     cfg.tracker.enabled, cfg.tracker.interval = True, 1
-    contrastive.run(cfg)
+    run_stage(cfg)  # stage=contrastive by default
     assert sorted(p.name for p in snapshots_dir(run).iterdir()) == [
         "epoch-0000",
         "epoch-0001",
         "epoch-0002",
     ]
-    score.score_run(run, device="cpu")
+    score_run(run, device="cpu")
 
     train_cfg = load_run_config(run)
     sim = train_cfg.model.similarity

@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 
 from scl_slt.config import ConfigError, SelectionConfig
+from scl_slt.selection.build import build_batch_sampler
 from scl_slt.selection.curriculum import CurriculumBatchSampler
-from scl_slt.selection.pair_scores import strategies
-from scl_slt.selection.samplers import build_batch_sampler
+from scl_slt.selection.pair_scores import score_file
+from scl_slt.selection.pair_scores.text import sentence_terms, text_semantic_scores
+from scl_slt.selection.pair_scores.visual import (
+    pooled_video_embeddings,
+    resolve_snapshot,
+    visual_confusable_scores,
+)
 from scl_slt.selection.tracker import names_hash, read_snapshot
 
 
@@ -47,7 +53,7 @@ def test_tfidf_hand_computed_three_sentences(tmp_path):
         "heute regnet es im süden",
         "morgen scheint die sonne",
     ]
-    scores = load(strategies.text_semantic_scores(texts, "de", tmp_path / "s.npy"))
+    scores = load(text_semantic_scores(texts, "de", tmp_path / "s.npy"))
     # heute, regnet, es, im occur in 2 of 3 sentences; every other word in one.
     shared = math.log(4 / 3) + 1
     single = math.log(4 / 2) + 1
@@ -69,8 +75,8 @@ def test_tfidf_matches_naive_reference_de(tmp_path):
         "",  # no terms: an all-zero row
         "sonne sonne sonne im osten",
     ]
-    got = load(strategies.text_semantic_scores(texts, "de", tmp_path / "s.npy"))
-    docs = [strategies.sentence_terms(t, "de") for t in texts]
+    got = load(text_semantic_scores(texts, "de", tmp_path / "s.npy"))
+    docs = [sentence_terms(t, "de") for t in texts]
     assert docs[0] == ["heute", "regnet", "es", "im", "norden"]
     np.testing.assert_allclose(got, naive_tfidf_cosine(docs), atol=2e-3)
     assert got[0, 3] == pytest.approx(1.0, abs=1e-3)
@@ -78,7 +84,7 @@ def test_tfidf_matches_naive_reference_de(tmp_path):
 
 
 def test_tfidf_zh_character_ngrams(tmp_path):
-    assert strategies.sentence_terms("今天，下雨。", "zh") == [
+    assert sentence_terms("今天，下雨。", "zh") == [
         "今",
         "天",
         "下",
@@ -88,22 +94,22 @@ def test_tfidf_zh_character_ngrams(tmp_path):
         "下雨",
     ]
     texts = ["今天下雨", "今天下雪", "我们去学校", "今天下雨了"]
-    got = load(strategies.text_semantic_scores(texts, "zh", tmp_path / "s.npy"))
-    docs = [strategies.sentence_terms(t, "zh") for t in texts]
+    got = load(text_semantic_scores(texts, "zh", tmp_path / "s.npy"))
+    docs = [sentence_terms(t, "zh") for t in texts]
     np.testing.assert_allclose(got, naive_tfidf_cosine(docs), atol=2e-3)
     assert got[0, 3] > got[0, 1] > got[0, 2] == 0.0
 
 
 def test_unknown_language_is_named(tmp_path):
     with pytest.raises(ValueError, match="language 'fr'"):
-        strategies.text_semantic_scores(["a b"], "fr", tmp_path / "s.npy")
+        text_semantic_scores(["a b"], "fr", tmp_path / "s.npy")
 
 
 def test_row_blocks_give_the_same_scores(tmp_path, monkeypatch):
     texts = [f"wort{i % 5} wort{i % 3} es regnet" for i in range(23)]
-    whole = load(strategies.text_semantic_scores(texts, "de", tmp_path / "a.npy"))
-    monkeypatch.setattr(strategies, "_BLOCK_ELEMENTS", 50)  # blocks of 2 rows
-    blocked = load(strategies.text_semantic_scores(texts, "de", tmp_path / "b.npy"))
+    whole = load(text_semantic_scores(texts, "de", tmp_path / "a.npy"))
+    monkeypatch.setattr(score_file, "BLOCK_ELEMENTS", 50)  # blocks of 2 rows
+    blocked = load(text_semantic_scores(texts, "de", tmp_path / "b.npy"))
     np.testing.assert_array_equal(whole, blocked)
 
 
@@ -122,15 +128,32 @@ def _tiny_encoder(folder: Path) -> Path:
     return folder
 
 
+def test_a_failed_score_file_leaves_the_previous_one_whole(tmp_path):
+    """Score files are written atomically: a failure mid-way (here a non-finite block) keeps the
+    previous file and its record, and leaves no temporary behind."""
+    path = tmp_path / "s.npy"
+    score_file.write_score_file(
+        path, 3, lambda r0, r1: np.ones((r1 - r0, 3)), 2, {"strategy": "first"}
+    )
+    assert score_file.record_matches(path, {"strategy": "first", "num_samples": 3})
+
+    def nan_in_second_block(r0: int, r1: int) -> np.ndarray:
+        return np.full((r1 - r0, 3), np.nan if r0 else 0.0)
+
+    with pytest.raises(ValueError, match="non-finite score in rows 2:3"):
+        score_file.write_score_file(path, 3, nan_in_second_block, 2, {"strategy": "second"})
+    np.testing.assert_array_equal(load(path), np.ones((3, 3)))
+    assert score_file.record_matches(path, {"strategy": "first"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.npy"]
+
+
 def test_embedding_scores_match_per_sentence_pooling(tmp_path):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     model_dir = _tiny_encoder(tmp_path / "encoder")
     texts = ["heute regnet es", "morgen scheint im süden die sonne", "es regnet im norden", "heute"]
-    got = load(
-        strategies.text_semantic_scores(texts, "de", tmp_path / "s.npy", "embedding", model_dir)
-    )
+    got = load(text_semantic_scores(texts, "de", tmp_path / "s.npy", "embedding", model_dir))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
     vectors = []
@@ -145,11 +168,9 @@ def test_embedding_scores_match_per_sentence_pooling(tmp_path):
 
 def test_embedding_model_path_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="text_model_path.*nowhere"):
-        strategies.text_semantic_scores(
-            ["a"], "de", tmp_path / "s.npy", "embedding", tmp_path / "nowhere"
-        )
+        text_semantic_scores(["a"], "de", tmp_path / "s.npy", "embedding", tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="selection.text_model_path"):
-        strategies.text_semantic_scores(["a"], "de", tmp_path / "s.npy", "embedding", None)
+        text_semantic_scores(["a"], "de", tmp_path / "s.npy", "embedding", None)
 
 
 # -------------------------------------------------------------------------- visual_confusable
@@ -190,13 +211,13 @@ def fake_videos() -> list[np.ndarray]:
 def test_visual_confusable_on_fake_snapshot(tmp_path):
     videos = fake_videos()
     folder = write_snapshot(tmp_path, 5, videos)
-    got = load(strategies.visual_confusable_scores(folder, tmp_path / "v.npy"))
+    got = load(visual_confusable_scores(folder, tmp_path / "v.npy"))
     pooled = [v.mean(axis=0) / np.linalg.norm(v.mean(axis=0)) for v in videos]
     expected = np.array([[float(a @ b) for b in pooled] for a in pooled])
     np.testing.assert_allclose(got, expected, atol=2e-3)
     off = got - 10 * np.eye(4)
     assert np.unravel_index(np.argmax(off), off.shape) in ((0, 2), (2, 0))  # higher = harder
-    chunked = strategies.pooled_video_embeddings(read_snapshot(folder), chunk_samples=3)
+    chunked = pooled_video_embeddings(read_snapshot(folder), chunk_samples=3)
     np.testing.assert_allclose(chunked, np.stack(pooled), atol=1e-3)  # fp16 features
     record = json.loads((tmp_path / "v.json").read_text())
     assert record["strategy"] == "visual_confusable" and record["snapshot_epoch"] == 5
@@ -206,10 +227,10 @@ def test_resolve_snapshot_takes_the_latest(tmp_path):
     write_snapshot(tmp_path, 0, fake_videos())
     latest = write_snapshot(tmp_path, 10, fake_videos())
     (tmp_path / "snapshots" / ".tmp-epoch-0020-1").mkdir()  # an interrupted write is ignored
-    assert strategies.resolve_snapshot(tmp_path) == latest
-    assert strategies.resolve_snapshot(tmp_path / "snapshots") == latest
+    assert resolve_snapshot(tmp_path) == latest
+    assert resolve_snapshot(tmp_path / "snapshots") == latest
     with pytest.raises(FileNotFoundError, match="selection.snapshot"):
-        strategies.resolve_snapshot(tmp_path / "elsewhere")
+        resolve_snapshot(tmp_path / "elsewhere")
 
 
 # ------------------------------------------------------------------------ build_batch_sampler
@@ -293,7 +314,7 @@ def test_tfidf_on_real_dev_sentences(tmp_path, dataset, language):
     from scl_slt.data.labels import read_labels
 
     texts = [r["text"] for r in read_labels(path).values()][:120]
-    got = load(strategies.text_semantic_scores(texts, language, tmp_path / "s.npy"))
-    docs = [strategies.sentence_terms(t, language) for t in texts]
+    got = load(text_semantic_scores(texts, language, tmp_path / "s.npy"))
+    docs = [sentence_terms(t, language) for t in texts]
     assert all(docs)  # every real sentence yields terms
     np.testing.assert_allclose(got, naive_tfidf_cosine(docs), atol=2e-3)

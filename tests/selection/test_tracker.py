@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from scl_slt.config import TrainConfig, to_container
-from scl_slt.data.dataset import Collator, SignDataset
+from scl_slt.data.batching import Collator
+from scl_slt.data.dataset import SignDataset
 from scl_slt.selection import tracker as tracker_module
 from scl_slt.selection.tracker import (
     SnapshotError,

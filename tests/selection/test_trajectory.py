@@ -15,8 +15,8 @@ from scl_slt.selection.trajectory import (
     confusable_pairs,
     duplicate_target_pairs,
     trajectory_delta,
-    write_report,
 )
+from scl_slt.selection.trajectory_report import write_report
 
 # Twelve negative pairs of four samples, with the similarity at the first and last snapshot.
 # Last-snapshot negatives are 0.05 .. 0.60, so their median (the default threshold) is 0.325.

@@ -19,20 +19,21 @@ import pytest
 import torch
 from conftest import REPO
 
-from scl_slt.config import ConfigError, validate_train
-from scl_slt.data.dataset import Collator
+from scl_slt.config import ConfigError
+from scl_slt.config_checks import validate_train
+from scl_slt.data.batching import Collator
 from scl_slt.data.datasets import build_split
 from scl_slt.eval.density import sign_density_ratio
-from scl_slt.evaluate import has_text_branch, load_model
 from scl_slt.models import builder
+from scl_slt.models.handoff import has_text_branch, load_trained_model
 from scl_slt.models.similarity import pairwise_similarity
 from scl_slt.models.tokenizer import SLTTokenizer
 from scl_slt.rundir.checkpoint import load_train_state, load_weights
 from scl_slt.rundir.layout import read_metrics
+from scl_slt.selection.build import build_batch_sampler
 from scl_slt.selection.online import OnlineCurriculumSampler, OnlineTrajectory
-from scl_slt.selection.samplers import RandomBatchSampler, build_batch_sampler
-from scl_slt.stages import contrastive
-from scl_slt.train import run_stage
+from scl_slt.selection.samplers import RandomBatchSampler
+from scl_slt.stages import contrastive, run_stage
 from scl_slt.training.runtime import TrainingInterrupted, seed_everything
 
 N_TRAIN, BATCH, SEED = 24, 8, 0
@@ -198,7 +199,9 @@ def test_retrieval_and_sdr_are_logged_and_printed_by_evaluate(make_cfg):
     # Naive reference for the last record: encode the dev split, score pair by pair, rank.
     run_dir = Path(result["run_dir"])
     train_cfg = validate_train(make_cfg("stage.retrieval_every=1"))
-    tokenizer, model, _ = load_model(train_cfg, run_dir, "last", "cpu", keep_text_branch=True)
+    tokenizer, model, _ = load_trained_model(
+        train_cfg, run_dir, "last", "cpu", keep_text_branch=True
+    )
     model.eval()
     dev_set = build_split(train_cfg.data, "dev", train=False)
     batch = Collator(tokenizer)([dev_set[i] for i in range(len(dev_set))])

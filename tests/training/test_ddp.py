@@ -24,11 +24,11 @@ import torch.multiprocessing as mp
 from conftest import TINY_OVERRIDES, compose_train
 from torch import nn
 
-from scl_slt.config import validate_train
+from scl_slt.config_checks import validate_train
 from scl_slt.data.datasets import build_split
 from scl_slt.rundir.checkpoint import load_weights
-from scl_slt.stages import contrastive, translate
-from scl_slt.train import run_stage
+from scl_slt.stages import contrastive, run_stage, translate
+from scl_slt.training import loop as training_loop
 
 WORLD = 2
 TOLERANCE = 5e-6
@@ -59,12 +59,14 @@ def _instrument(set_attr, records: list, dump_dir: Path, rank: int) -> None:
             )
             return loss, terms
 
-        def dump(manager, step, model, state, meta, _orig=module.save_resumable, _stage=stage):
-            torch.save(model.state_dict(), dump_dir / f"{_stage}-step{step}-rank{rank}.pt")
-            return _orig(manager, step, model, state, meta)
-
         set_attr(module, "compute_losses", record)
-        set_attr(module, "save_resumable", dump)
+
+    def dump(manager, step, model, state, meta, _orig=training_loop.save_resumable):
+        # meta["stage"] is the StageName value: "contrastive" or "translate", as the files expect
+        torch.save(model.state_dict(), dump_dir / f"{meta['stage']}-step{step}-rank{rank}.pt")
+        return _orig(manager, step, model, state, meta)
+
+    set_attr(training_loop, "save_resumable", dump)
 
 
 def _stage_overrides(root: Path, cache: Path, scores: Path) -> list[list[str]]:

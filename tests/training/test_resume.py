@@ -15,11 +15,11 @@ import torch
 import yaml
 
 import scl_slt
-from scl_slt.config import ConfigError, to_container, validate_train
+from scl_slt.config import ConfigError, to_container
+from scl_slt.config_checks import validate_train
 from scl_slt.rundir.checkpoint import load_train_state, load_weights
 from scl_slt.rundir.layout import read_metrics
-from scl_slt.stages import contrastive, translate
-from scl_slt.train import run_stage
+from scl_slt.stages import contrastive, run_stage, translate
 from scl_slt.training.runtime import TrainingInterrupted
 
 

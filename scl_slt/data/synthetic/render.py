@@ -1,9 +1,9 @@
-"""Rendering of the synthetic sign language (``synthetic.py``): a clip's trajectory from its gloss
-alignment, then either feature vectors (a signer's linear transform plus noise) or frames (a
-signer whose two hands follow the trajectory, drawn with anti-aliased discs).
+"""Rendering of the synthetic sign language: a clip's trajectory from its gloss alignment, then
+either feature vectors (a signer's linear transform plus noise) or frames (a signer whose two
+hands follow the trajectory, drawn with anti-aliased discs).
 
 Pure functions of their inputs and the given generator: the dataset's content, and so the
-generator version in ``synthetic.py``, depends on every line here.
+generator version in ``generate.py``, depends on every line here.
 """
 
 from __future__ import annotations
