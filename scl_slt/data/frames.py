@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig, check_augmentation
+from ..config import AUGMENT_RANGES, ConfigError, DataConfig, check_augmentation
 from .dataset import Clip, subsample_indices
 from .labels import DataError
 
@@ -173,34 +173,17 @@ class ClipTransform:
     ):
         if crop <= 0:
             raise ConfigError(f"data.crop: must be positive, got {crop}")
-        check_augmentation(
-            augment_p=augment_p,
-            rotate_degrees=rotate_degrees,
-            scale_jitter=scale_jitter,
-            brightness=brightness,
-            contrast=contrast,
-        )
-        self.crop = crop
-        self.augment = augment
-        self.augment_p = augment_p
-        self.rotate_degrees = rotate_degrees
-        self.scale_jitter = scale_jitter
-        self.brightness = brightness
-        self.contrast = contrast
-        self.uint8_output = uint8_output
+        self.crop, self.augment, self.uint8_output = crop, augment, uint8_output
+        # How often each augmentation applies, and its strength: checked as data.* is.
+        self.augment_p, self.rotate_degrees = augment_p, rotate_degrees
+        self.scale_jitter, self.brightness, self.contrast = scale_jitter, brightness, contrast
+        check_augmentation(**{key: getattr(self, key) for key in AUGMENT_RANGES})
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> ClipTransform:
-        return cls(
-            crop=cfg.crop,
-            augment=cfg.augment,
-            augment_p=cfg.augment_p,
-            rotate_degrees=cfg.rotate_degrees,
-            scale_jitter=cfg.scale_jitter,
-            brightness=cfg.brightness,
-            contrast=cfg.contrast,
-            uint8_output=cfg.frames_uint8,
-        )
+        """The transform ``data.*`` describes (crop, augmentation and its ranges, output)."""
+        settings = {key: getattr(cfg, key) for key in ("crop", "augment", *AUGMENT_RANGES)}
+        return cls(**settings, uint8_output=cfg.frames_uint8)
 
     @property
     def changes_colour(self) -> bool:

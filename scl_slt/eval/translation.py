@@ -95,14 +95,13 @@ def build_eval_loader(
         sampler = DistributedSampler(
             dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=False, drop_last=False
         )
+    # In order (no shuffle), workers not kept between evaluations (the defaults).
     return BatchLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=False,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,
-        persistent_workers=False,
         pin_memory=pin_memory,
     )
 

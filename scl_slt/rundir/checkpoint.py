@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes: atomic writes, integrity checks, discovery, stage hand-off.
+"""Checkpoints that survive crashes: atomic writes, integrity checks, discovery, best-k ranking.
 
 Layout inside a run directory::
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Schedule, SelectionConfig
+from ..config import SelectionConfig
 from .curriculum import CurriculumBatchSampler
 
 log = logging.getLogger(__name__)
@@ -176,23 +176,8 @@ class OnlineCurriculumSampler(CurriculumBatchSampler):
 
     kind = "online_trajectory"
 
-    def __init__(
-        self,
-        trajectory: OnlineTrajectory,
-        batch_size: int,
-        epochs: int,
-        schedule: Schedule | str,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-        pool_size: int | None = None,
-    ):
-        super().__init__(
-            trajectory, batch_size, epochs, schedule, seed, rank, world_size, drop_last, pool_size
-        )
-
-    def _attach(self, trajectory: OnlineTrajectory) -> int:
+    # Built like CurriculumBatchSampler, with the OnlineTrajectory in place of the pair scores.
+    def _attach(self, trajectory: OnlineTrajectory) -> int:  # type: ignore[override]
         self.trajectory = trajectory
         return trajectory.num_samples
 

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .. import distributed
 from ..data.batching import BatchLoader
+from ..eval.inference import EmptyBatch, EvalBatches, encode_batch
 from ..rundir.atomic import replace_directory
 
 log = logging.getLogger(__name__)
@@ -215,11 +216,6 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
     )
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP, so encoding on one rank triggers no collective."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _shard_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
     """This rank's strided share of the loader's dataset, batched the same way."""
     dataset = loader.dataset
@@ -247,40 +243,37 @@ def _encode(
     device: torch.device | str,
     autocast: Callable[[], AbstractContextManager],
 ) -> dict[int, tuple[str, str, np.ndarray, np.ndarray]]:
-    """index -> (name, text, video tokens (Tv, d) fp16, text tokens (Lt, d) fp16)."""
+    """index -> (name, text, video tokens (Tv, d) fp16, text tokens (Lt, d) fp16), through the
+    library's one eval pass (eval mode, no gradients, the model's previous mode restored)."""
+    batches = EvalBatches(model, loader, device, require_all=True, empty_message=_EMPTY_BATCH)
     encoded: dict[int, tuple[str, str, np.ndarray, np.ndarray]] = {}
-    with torch.no_grad():
-        for batch in loader:
-            if batch is None:
-                raise SnapshotError(
-                    "a snapshot batch had no loadable sample (data.on_bad_sample=skip dropped "
-                    "them), but a snapshot needs every train sample: read the split with "
-                    "on_bad_sample=error to stop at the first bad one, named with its path"
-                )
-            with autocast():
-                out = model(
-                    batch["inputs"].to(device),
-                    batch["input_lengths"].to(device),
-                    text_ids=batch["text_ids"].to(device),
-                    text_mask=batch["text_mask"].to(device),
-                    with_text=True,
-                    with_decoder=False,
-                )
+    try:
+        for batch in batches:
+            out = encode_batch(batches.net, batch, autocast)
             v, vm = out.video_proj, out.video_proj_mask.bool()  # (B, Tv, d), (B, Tv)
             t, tm = out.text_proj, out.text_proj_mask.bool()  # (B, Lt, d), (B, Lt)
-            for b, index in enumerate(batch["indices"].tolist()):
-                name = batch["names"][b]
+            names, texts = batch.host["names"], batch.host["texts"]
+            for b, index in enumerate(batch.host["indices"].tolist()):
                 if index in encoded:
                     raise SnapshotError(
-                        f"sample index {index} ({name!r}) appears twice in the snapshot loader"
+                        f"sample index {index} ({names[b]!r}) appears twice in the snapshot loader"
                     )
                 encoded[index] = (
-                    name,
-                    batch["texts"][b],
-                    _valid_rows(v[b], vm[b], "video", name),
-                    _valid_rows(t[b], tm[b], "text", name),
+                    names[b],
+                    texts[b],
+                    _valid_rows(v[b], vm[b], "video", names[b]),
+                    _valid_rows(t[b], tm[b], "text", names[b]),
                 )
+    except EmptyBatch as e:
+        raise SnapshotError(str(e)) from None
     return encoded
+
+
+_EMPTY_BATCH = (
+    "a snapshot batch had no loadable sample (data.on_bad_sample=skip dropped them), but a "
+    "snapshot needs every train sample: read the split with on_bad_sample=error to stop at the "
+    "first bad one, named with its path"
+)
 
 
 def _merge_shards(parts: list[dict[int, Any]]) -> dict[int, Any]:
@@ -342,15 +335,9 @@ class SnapshotTracker:
         Every sample index must appear exactly once. Returns the snapshot folder on every rank.
         """
         rank, world = distributed.get_rank(), distributed.get_world_size()
-        inner = _unwrap(model)
-        was_training = inner.training
-        inner.eval()
         start = time.time()
-        try:
-            shard = loader if world == 1 else _shard_loader(loader, rank, world)
-            encoded = _encode(inner, shard, device, autocast)
-        finally:
-            inner.train(was_training)
+        shard = loader if world == 1 else _shard_loader(loader, rank, world)
+        encoded = _encode(model, shard, device, autocast)  # the bare model: no DDP collective
         parts: list[Any] | None = None
         if world > 1:
             parts = [None] * world if rank == 0 else None

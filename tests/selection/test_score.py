@@ -45,6 +45,7 @@ class FakeModel(nn.Module):
         text_mask=None,
         with_text=True,
         with_decoder=True,
+        colour=None,  # the model contract: a clip's colour change (None outside augmentation)
     ):
         video_mask = torch.arange(inputs.shape[1])[None] < input_lengths[:, None]  # (B, T)
         return SimpleNamespace(

@@ -66,6 +66,7 @@ class FakeModel(nn.Module):
         text_mask=None,
         with_text=True,
         with_decoder=True,
+        colour=None,  # the model contract: a clip's colour change (None outside augmentation)
     ):
         self.calls.append((with_text, with_decoder, torch.is_grad_enabled(), self.training))
         b, t, _ = inputs.shape
