@@ -1,6 +1,6 @@
 PY ?= .venv/bin/python
 
-.PHONY: install test test-all lint format pipeline
+.PHONY: install test test-all check-lowest lint format pipeline
 
 install:
 	python3.11 -m venv .venv && .venv/bin/pip install -e ".[dev]"
@@ -10,6 +10,9 @@ test:
 
 test-all:
 	$(PY) -m pytest -q -m ""
+
+check-lowest:  # the model and evaluation tests on the lowest dependency versions pyproject allows
+	PYTHON=$(PY) bash scripts/check_lowest_versions.sh
 
 lint:
 	$(PY) -m ruff check scl_slt tests scripts

@@ -3,11 +3,21 @@
 ``validate_train`` takes the composed config (or a typed one), rejects keys the schema does not
 know (Hydra's ``+key=value`` would otherwise slip past it), checks ranges and the paths it names,
 and returns the typed ``TrainConfig``; a failure is a ``ConfigError`` naming the key.
+
+Numbers: every int and float field of the schema has its allowed range in ``NUMERIC_RANGES``
+(``tests/test_config.py`` walks the schema, so a new field without one fails the tests), and a
+float must be finite. A value that passed here and failed later (``stage.lr=inf`` as a
+non-finite loss, ``model.dropout=1.5`` inside torch) would fail after the run directory was
+created and without naming the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +33,8 @@ from .config import (
     StageName,
     TextScoreMethod,
     TrainConfig,
-    check_augmentation,
 )
+from .data.synthetic.language import check_config as check_synthetic
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -32,17 +42,163 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+# --------------------------------------------------------------------------- numeric settings
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take (None: unbounded on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # ``low`` itself excluded
+    open_high: bool = False  # ``high`` itself excluded
+    note: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return self.high is None or (
+            value < self.high or (value == self.high and not self.open_high)
+        )
+
+    def describe(self, optional: bool = False) -> str:
+        """``positive``, ``>= 1``, ``in [0, 1)``..., with ``or null`` and the note."""
+        if self.low is None and self.high is None:
+            text = "a finite number"
+        elif self.high is None:
+            text = "positive" if self.low == 0 and self.open_low else f">= {self.low:g}"
+        else:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            text = f"in {left}{self.low:g}, {self.high:g}{right}"
+        text += " or null" if optional else ""
+        return f"{text} ({self.note})" if self.note else text
+
+
+ANY = Range()
+POSITIVE = Range(0, open_low=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+SHARE = Range(0, 1)  # a share or a ratio; both ends meaningful
+PROBABILITY = Range(0, 1, open_high=True)  # dropout, smoothing: 1 would drop or smooth everything
+
+# Every int and float field of TrainConfig; None is allowed where the field is Optional.
+NUMERIC_RANGES: dict[str, Range] = {
+    "seed": ANY,
+    # data
+    "data.max_frames": AT_LEAST_1,
+    "data.resize": AT_LEAST_1,
+    "data.crop": AT_LEAST_1,
+    **{f"data.{key}": Range(0, upper) for key, upper in AUGMENT_RANGES.items()},
+    "data.num_workers": Range(0, note="0: load in the main process"),
+    "data.synthetic.seed": ANY,
+    **{f"data.synthetic.num_{split}": AT_LEAST_1 for split in ("train", "dev", "test")},
+    "data.synthetic.num_glosses": AT_LEAST_1,  # the lexicon's bounds: synthetic check_config
+    "data.synthetic.num_signers": AT_LEAST_1,
+    "data.synthetic.feature_dim": AT_LEAST_1,
+    "data.synthetic.min_glosses": AT_LEAST_1,
+    "data.synthetic.max_glosses": AT_LEAST_1,
+    "data.synthetic.min_gloss_frames": AT_LEAST_1,
+    "data.synthetic.max_gloss_frames": AT_LEAST_1,
+    "data.synthetic.noise": NON_NEGATIVE,
+    "data.synthetic.signer_shift": NON_NEGATIVE,
+    "data.synthetic.confusable_rate": SHARE,
+    "data.synthetic.confusable_distance": Range(0, 0.4),
+    "data.synthetic.duplicate_rate": SHARE,
+    "data.synthetic.eval_seen_rate": SHARE,
+    "data.synthetic.image_size": Range(8),
+    # model
+    **{
+        f"model.{key}": AT_LEAST_1
+        for key in (
+            *("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim"),
+            *("vocab_size", "max_position_embeddings"),
+        )
+    },
+    "model.init_std": POSITIVE,
+    "model.dropout": PROBABILITY,
+    "model.sign_embedding.feature_dim": AT_LEAST_1,
+    "model.sign_embedding.hidden": AT_LEAST_1,
+    "model.sign_embedding.kernel": AT_LEAST_1,
+    "model.lora.r": AT_LEAST_1,
+    "model.lora.alpha": POSITIVE,
+    "model.lora.dropout": PROBABILITY,
+    "model.similarity.proj_dim": AT_LEAST_1,
+    "model.similarity.tau": POSITIVE,
+    "model.similarity.logit_scale_init": ANY,  # a log scale: any finite value
+    "model.similarity.max_logit_scale": ANY,
+    "model.generation.num_beams": AT_LEAST_1,
+    "model.generation.max_length": AT_LEAST_1,
+    "model.generation.length_penalty": ANY,
+    # selection, tracker, loss
+    "selection.pool_size": AT_LEAST_1,
+    "selection.online_decay": PROBABILITY,
+    "tracker.interval": AT_LEAST_1,
+    "loss.contrastive_weight": NON_NEGATIVE,
+    "loss.translation_weight": NON_NEGATIVE,
+    "loss.label_smoothing": PROBABILITY,
+    "loss.signcl_weight": NON_NEGATIVE,
+    "loss.signcl_margin_min": NON_NEGATIVE,
+    "loss.signcl_margin_ratio": NON_NEGATIVE,
+    "loss.signcl_m": NON_NEGATIVE,
+    # stage
+    "stage.epochs": AT_LEAST_1,
+    "stage.batch_size": AT_LEAST_1,
+    "stage.lr": POSITIVE,
+    "stage.weight_decay": NON_NEGATIVE,
+    "stage.warmup_epochs": NON_NEGATIVE,
+    "stage.min_lr_ratio": SHARE,
+    "stage.grad_clip": Range(0, note="0 disables clipping"),
+    "stage.grad_accum": AT_LEAST_1,
+    "stage.eval_every": Range(0, note="0: never"),
+    "stage.retrieval_every": Range(0, note="0: never; null: with eval_every"),
+    "stage.eval_batch_size": AT_LEAST_1,
+    "stage.keep_last": AT_LEAST_1,
+    "stage.keep_best": AT_LEAST_1,
+    "stage.max_nonfinite": AT_LEAST_1,
+    "stage.log_every": AT_LEAST_1,
+    "stage.max_steps": AT_LEAST_1,
+}
+
+
+@functools.cache
+def numeric_fields(schema: type = TrainConfig, prefix: str = "") -> dict[str, bool]:
+    """``dotted key -> Optional?`` for every int and float field of ``schema`` (nested)."""
+    found: dict[str, bool] = {}
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            found.update(numeric_fields(kind, f"{prefix}{f.name}."))
+            continue
+        args = set(typing.get_args(kind))
+        optional = type(None) in args
+        if kind in (int, float) or (optional and args - {type(None)} <= {int, float}):
+            found[f"{prefix}{f.name}"] = optional
+    return found
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Each numeric setting finite and in its range (``NUMERIC_RANGES``)."""
+    for key, optional in numeric_fields().items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if value is None and optional:
+            continue
+        _check(
+            not isinstance(value, float) or math.isfinite(value),
+            key,
+            f"must be a finite number, got {value}",
+        )
+        allowed = NUMERIC_RANGES.get(key, ANY)
+        _check(value in allowed, key, f"must be {allowed.describe(optional)}, got {value!r}")
+
+
 def validate_frames(d: DataConfig) -> None:
     """The frame pipeline's settings, checked whatever the modality (a bad value is a typo
-    waiting for the day the frames are used)."""
-    _check(d.resize > 0, "data.resize", f"must be positive, got {d.resize}")
-    _check(d.crop > 0, "data.crop", f"must be positive, got {d.crop}")
+    waiting for the day the frames are used); their ranges are in ``NUMERIC_RANGES``."""
     _check(
         d.crop <= d.resize,
         "data.crop",
         f"{d.crop} is larger than the resized frames' shorter side (data.resize={d.resize})",
     )
-    check_augmentation(**{key: getattr(d, key) for key in AUGMENT_RANGES})
 
 
 def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
@@ -51,22 +207,17 @@ def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
         schema = OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False)
         _reject_unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema)
         cfg = OmegaConf.to_object(cfg)
+    _check_numbers(cfg)
     s, d, m = cfg.stage, cfg.data, cfg.model
-    _check(s.epochs > 0, "stage.epochs", f"must be positive, got {s.epochs}")
-    _check(s.batch_size > 0, "stage.batch_size", f"must be positive, got {s.batch_size}")
-    _check(s.lr > 0, "stage.lr", f"must be positive, got {s.lr}")
-    _check(s.weight_decay >= 0, "stage.weight_decay", "must be >= 0")
-    _check(s.grad_accum >= 1, "stage.grad_accum", "must be >= 1")
-    _check(s.grad_clip >= 0, "stage.grad_clip", "must be >= 0 (0 disables clipping)")
-    _check(0 <= s.min_lr_ratio <= 1, "stage.min_lr_ratio", "must be in [0, 1]")
-    _check(s.keep_last >= 1, "stage.keep_last", "must be >= 1")
-    _check(s.keep_best >= 1, "stage.keep_best", "must be >= 1")
+    for key in ("run_dir", "runs_root"):  # '' would write into the current folder
+        _check(bool(getattr(cfg, key).strip()), key, "must name a folder, got ''")
     _check(cfg.resume in ("none", "auto") or bool(cfg.resume), "resume", "none | auto | a path")
     _check(cfg.precision in ("auto", "fp32", "bf16"), "precision", f"unknown {cfg.precision!r}")
     _check(d.language in ("de", "zh"), "data.language", f"de | zh, got {d.language!r}")
-    _check(d.max_frames > 0, "data.max_frames", "must be positive")
     validate_frames(d)
-    if d.layout is not Layout.synthetic:
+    if d.layout is Layout.synthetic:
+        check_synthetic(d.synthetic)  # the generator's own bounds, e.g. the lexicon's size
+    else:
         _check(
             any([d.root, d.labels_dir]),
             "data.root",
@@ -74,13 +225,12 @@ def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
         )
         if d.modality is Modality.features:
             _check(bool(d.feature_root), "data.feature_root", "features modality needs it")
-    sim = m.similarity
-    _check(sim.tau > 0, "model.similarity.tau", f"must be positive, got {sim.tau}")
-    _check(sim.proj_dim > 0, "model.similarity.proj_dim", "must be positive")
-    _check(m.lora.r > 0, "model.lora.r", "must be positive")
-    _check(cfg.loss.label_smoothing >= 0, "loss.label_smoothing", "must be >= 0")
-    _check(cfg.loss.signcl_weight >= 0, "loss.signcl_weight", "must be >= 0")
-    _check(cfg.tracker.interval >= 1, "tracker.interval", "must be >= 1")
+    if not m.mbart_path:  # the tiny MBart's attention splits d_model into heads
+        _check(
+            m.d_model % m.attention_heads == 0,
+            "model.attention_heads",
+            f"must divide model.d_model={m.d_model}, got {m.attention_heads}",
+        )
     needs_scores = cfg.selection.name in (SelectionName.trajectory,)
     if needs_scores and s.name is StageName.contrastive:
         _check(
@@ -116,21 +266,7 @@ def _check_path(value: str | None, key: str) -> None:
 def _validate_engine(cfg: TrainConfig) -> None:
     """Training-engine values: schedule, evaluation, faults, resume, and every path exists."""
     s, loss = cfg.stage, cfg.loss
-    _check(s.warmup_epochs >= 0, "stage.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
     _check(s.warmup_epochs <= s.epochs, "stage.warmup_epochs", "must not exceed stage.epochs")
-    _check(s.eval_every >= 0, "stage.eval_every", "must be >= 0 (0: never)")
-    _check(s.eval_batch_size > 0, "stage.eval_batch_size", "must be positive")
-    _check(
-        s.retrieval_every is None or s.retrieval_every >= 0,
-        "stage.retrieval_every",
-        f"must be >= 0 (0: never) or null (with eval_every), got {s.retrieval_every}",
-    )
-    _check(s.log_every >= 1, "stage.log_every", "must be >= 1")
-    _check(s.max_nonfinite >= 1, "stage.max_nonfinite", "must be >= 1")
-    _check(s.max_steps is None or s.max_steps >= 1, "stage.max_steps", "must be >= 1 or null")
-    _check(s.grad_clip == s.grad_clip, "stage.grad_clip", "must be a number, got nan")
-    for key in ("contrastive_weight", "translation_weight"):
-        _check(getattr(loss, key) >= 0, f"loss.{key}", "must be >= 0")
     _check(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None,
         "device",
@@ -159,21 +295,18 @@ def _validate_engine(cfg: TrainConfig) -> None:
     _check_path(s.init_from, "stage.init_from")
     if cfg.resume not in ("none", "auto"):
         _check_path(cfg.resume, "resume")
+    m = cfg.model
+    if d.modality is Modality.frames and m.sign_embedding.pretrained not in ("none", "imagenet"):
+        _check_path(m.sign_embedding.pretrained, "model.sign_embedding.pretrained")
+    for key in ("mbart_path", "tokenizer_path"):  # a folder, or a Hugging Face id like org/name
+        value = getattr(m, key)
+        if value and value.startswith(("/", "~", ".")):
+            _check_path(value, f"model.{key}")
 
 
 def _validate_selection(cfg: TrainConfig) -> None:
     """Fields of the selection strategies other than ``trajectory`` (stage 1 only)."""
     sel = cfg.selection
-    _check(
-        0.0 <= sel.online_decay < 1.0,
-        "selection.online_decay",
-        f"must be in [0, 1), got {sel.online_decay}",
-    )
-    _check(
-        sel.pool_size is None or sel.pool_size >= 1,
-        "selection.pool_size",
-        f"must be >= 1 or null, got {sel.pool_size}",
-    )
     if cfg.stage.name is not StageName.contrastive:
         return
     if sel.name is SelectionName.visual_confusable:

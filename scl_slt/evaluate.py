@@ -6,6 +6,8 @@ Decoding settings default to the run's ``model.generation`` and can be overridde
 (``num_beams=``, ``max_length=``, ``length_penalty=``); ``out_dir=`` (default
 ``<run_dir>/eval/<checkpoint tag>/<split>``). Prints the translation metrics and, for a stage-1
 checkpoint, retrieval R@K and the Sign Density Ratio. The work is ``scl_slt.eval.evaluator``.
+Exit codes as for training (``scl_slt/train.py``): 2 for a user's error (a bad setting, a run
+directory or checkpoint that is not there or not readable), 1 for anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from omegaconf import DictConfig
 from .config import register_configs
 from .eval.alignment import RETRIEVAL_KEYS
 from .eval.evaluator import evaluate_checkpoint
+from .training.run_context import run_command
 from .training.runtime import shutdown_process_group
 
 register_configs()  # the schemas must be in the ConfigStore before hydra.main composes
@@ -40,5 +43,10 @@ def main(cfg: DictConfig) -> None:
         print(f"retrieval: {values}; {sdr}")
 
 
+def cli() -> None:
+    """``main`` under the exit-code rule (``training.run_context.run_command``)."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

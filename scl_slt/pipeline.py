@@ -14,7 +14,9 @@ interrupted one resumes from its newest complete checkpoint):
 Pipeline options are the fields of ``PipelineConfig``; every other ``key=value`` is a Hydra override
 passed to every training step (``data=phoenix14t``, ``model=mbart_large_50``, ``stage.lr=3e-4``).
 With ``compare_random=true`` the CL-SLT baseline (random contrastive stage, then translation) runs
-too, so the table shows both rows from the same budget. ``strategies=[...]`` runs steps 3-4 once per
+too, so the table shows both rows from the same budget; when ``reference_epochs`` equals
+``contrastive_epochs`` the reference run itself is that random stage 1 (the snapshots do not
+change training: docs/determinism.md) and ``2-random`` is not trained. ``strategies=[...]`` runs steps 3-4 once per
 negative-selection strategy (``configs/selection/<name>.yaml``) on the same reference run and budget:
 ``trajectory`` (SCL, run dirs ``2-selective``/``3-translate``), ``random`` (``2-random``/
 ``3-translate-random``) and the others as ``2-<name>``/``3-translate-<name>``; ``visual_confusable``
@@ -28,12 +30,20 @@ import logging
 import sys
 import time
 
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import ConfigError
 from .stages.pipeline import Pipeline, results_table, split_arguments
+from .training.run_context import exit_code, failure_message
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
+    """Run the pipeline and print its results; returns the table's rows, raises on failure."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg, overrides = split_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, overrides = split_arguments(sys.argv[1:] if argv is None else argv)
+    except (ValueError, OmegaConfBaseException) as e:  # the pipeline's own options
+        raise ConfigError(str(e)) from e
     start = time.time()
     pipeline = Pipeline(cfg, overrides)
     rows = pipeline.run()
@@ -54,5 +64,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     return rows
 
 
+def cli() -> int:
+    """``main`` under the exit-code rule of ``scl_slt/train.py``: 2 for a user's error (a bad
+    option or override, missing data), 1 for anything else, 128 + N after signal N."""
+    try:
+        main()
+    except Exception as e:
+        print(failure_message(e), file=sys.stderr)
+        return exit_code(e)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

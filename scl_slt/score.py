@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError
 from .selection.pair_scores.trajectory import SCORES_DIRNAME, Precision, score_run
+from .selection.tracker import SNAPSHOTS_DIRNAME
 from .selection.trajectory import DeltaMethod, ThresholdMode
 from .selection.trajectory_report import REPORT_DIRNAME
+from .training.run_context import exit_code, failure_message
 
 
 @dataclass
@@ -42,17 +43,28 @@ def parse_args(argv: list[str]) -> ScoreConfig:
     cfg = OmegaConf.merge(OmegaConf.structured(ScoreConfig), OmegaConf.from_cli(argv))
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ConfigError("run_dir: required (python -m scl_slt.score run_dir=<tracked run>)")
-    return OmegaConf.to_object(cfg)
+    cfg = OmegaConf.to_object(cfg)
+    run_dir = Path(cfg.run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir: no such folder: {run_dir}")
+    if not (run_dir / SNAPSHOTS_DIRNAME).is_dir():
+        raise ConfigError(
+            f"run_dir: {run_dir} has no {SNAPSHOTS_DIRNAME}/: not a tracked reference run "
+            "(trained with tracker.enabled=true)"
+        )
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Score, print where everything went; returns the exit code (``scl_slt/train.py``'s rule:
+    2 for a user's error, such as a bad argument or a run directory that is not there, else 1)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    except (ConfigError, OmegaConfBaseException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    path = score_run(cfg.run_dir, cfg.delta, cfg.threshold, cfg.device, cfg.precision)
+        path = score_run(cfg.run_dir, cfg.delta, cfg.threshold, cfg.device, cfg.precision)
+    except Exception as e:
+        print(failure_message(e), file=sys.stderr)
+        return exit_code(e)
     run_dir = Path(cfg.run_dir)
     report = run_dir / REPORT_DIRNAME
     summary = json.loads((report / "summary.json").read_text())

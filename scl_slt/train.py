@@ -4,19 +4,33 @@ Multi-GPU: ``torchrun --nproc_per_node=N -m scl_slt.train ...`` (DDP; gloo on CP
 Configs come from ``configs/train.yaml`` and its groups, validated against the typed schema in
 ``scl_slt.config`` before any work. After SIGTERM/SIGINT the run saves a resumable checkpoint and
 exits with 128 + the signal number; ``resume=auto run_dir=<same dir>`` continues it.
+
+Exit codes (the same for ``evaluate``, ``score`` and ``pipeline``; README "Errors and exit
+codes"; the rule is ``training.run_context.exit_code``):
+
+* 0: done.
+* 2: a user's error, printed as one message naming its cause: the config (a bad key or value,
+  composing included), the data (``DataError``), a missing file, a checkpoint the user named
+  (``resume=``, ``stage.init_from=``, all checkpoints of ``resume=auto`` corrupt), the stage
+  hand-off. Nothing to debug: fix the command line or the files.
+* 1: anything else: a bug, a numerical failure (a non-finite loss) or the machine (a full disk
+  while saving a checkpoint), printed with its traceback.
+* 128 + N: stopped by signal N (SIGTERM 143, SIGINT 130) after a resumable checkpoint.
+
+Once the run directory exists, the error that ended the run is also in its ``train.log``, with
+the traceback.
 """
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from .config import ConfigError, register_configs
+from .config import register_configs
 from .distributed import is_main_process
 from .stages import run_stage
-from .training.runtime import TrainingInterrupted, shutdown_process_group
+from .training.run_context import run_command
+from .training.runtime import shutdown_process_group
 
 register_configs()
 
@@ -26,12 +40,6 @@ def main(cfg: DictConfig) -> None:
     try:
         result = run_stage(cfg)
         main_process = is_main_process()
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(128 + e.signum)
     finally:
         shutdown_process_group()
     if not main_process:
@@ -46,5 +54,10 @@ def main(cfg: DictConfig) -> None:
         )
 
 
+def cli() -> None:
+    """``main`` under the exit-code rule (``training.run_context.run_command``)."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

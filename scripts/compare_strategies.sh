@@ -66,6 +66,8 @@ for seed in $SEEDS; do
       trajectory) run=$OUT/seed$seed/2-selective ;;
       *) run=$OUT/seed$seed/2-$strategy ;;
     esac
+    # With REFERENCE_EPOCHS = CONTRASTIVE_EPOCHS the reference run is the random stage 1.
+    [[ $strategy == random && ! -d $run ]] && run=$OUT/seed$seed/1-reference
     [[ -f "$run/eval/best/test/metrics.json" ]] || runs+=("$run")
   done
 done

@@ -6,7 +6,8 @@
 #
 # Rows and the runs that give them (python -m scl_slt.report classifies them from their configs):
 #   baseline end-to-end  stage=translate from scratch            OUT/baseline/seed<S>  (Hydra multirun)
-#   w/ CL                random contrastive stage, evaluated     OUT/seed<S>/2-random
+#   w/ CL                random contrastive stage, evaluated     OUT/seed<S>/2-random (1-reference
+#                        when REFERENCE_EPOCHS = CONTRASTIVE_EPOCHS: the tracker changes nothing)
 #   w/ SCL               selective contrastive stage, evaluated  OUT/seed<S>/2-selective
 #   CL-SLT               translation from 2-random               OUT/seed<S>/3-translate-random
 #   SCL-SLT              translation from 2-selective            OUT/seed<S>/3-translate
@@ -81,7 +82,9 @@ fi
 echo "== test evaluation of the one-stage rows and the baseline (Hydra multirun over runs)"
 runs=()
 for seed in $SEEDS; do
-  for run in "$OUT/seed$seed/2-selective" "$OUT/seed$seed/2-random" "$OUT/baseline/seed$seed"; do
+  random_stage1=$OUT/seed$seed/2-random  # the reference run when REFERENCE_EPOCHS = CONTRASTIVE_EPOCHS
+  [[ -d $random_stage1 ]] || random_stage1=$OUT/seed$seed/1-reference
+  for run in "$OUT/seed$seed/2-selective" "$random_stage1" "$OUT/baseline/seed$seed"; do
     [[ -f "$run/eval/best/test/metrics.json" ]] || runs+=("$run")
   done
 done

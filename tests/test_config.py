@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scl_slt.config import ConfigError, TrainConfig
-from scl_slt.config_checks import validate_train
+from scl_slt.config_checks import NUMERIC_RANGES, validate_train
 from scl_slt.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +101,20 @@ def test_unknown_key_in_a_yaml_file_is_rejected():
         (["data.scale_jitter=0.95"], "data.scale_jitter"),
         (["data.crop=300"], "data.crop"),
         (["data.resize=0"], "data.resize"),
+        # values that used to pass and fail later, after the run directory existed, unnamed
+        (["stage.lr=inf"], "stage.lr"),  # a non-finite loss at step 1
+        (["model.similarity.tau=inf"], "model.similarity.tau"),  # trained, degenerate
+        (["loss.label_smoothing=1.5"], "loss.label_smoothing"),  # torch's RuntimeError
+        (["model.dropout=1.5"], "model.dropout"),  # torch's ValueError
+        (["data.num_workers=-1"], "data.num_workers"),  # the DataLoader's ValueError
+        (["model.attention_heads=3"], "model.attention_heads"),  # does not divide d_model=32
+        (["data.synthetic.num_glosses=100"], "data.synthetic.num_glosses"),  # lexicon: <= 44
+        (
+            ["data=synthetic_frames", "model.sign_embedding.pretrained=/no/such.pth"],
+            "model.sign_embedding.pretrained",
+        ),
+        (["model.mbart_path=./no/such/mbart"], "model.mbart_path"),
+        (["runs_root=''"], "runs_root"),
     ],
 )
 def test_bad_values_fail_before_any_work(overrides, key, tiny_overrides, tmp_path):
@@ -128,3 +145,59 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "config error: stage.lr: must be positive" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _numeric_schema_fields(schema: type = TrainConfig, prefix: str = "") -> dict[str, type]:
+    """``key -> int | float`` for every numeric field of the schema, Optional ones included
+    (walked here, not taken from config_checks, so the two cannot drift together)."""
+    found = {}
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            found.update(_numeric_schema_fields(kind, f"{prefix}{f.name}."))
+        elif kind in (int, float):
+            found[prefix + f.name] = kind
+        elif set(typing.get_args(kind)) in ({int, type(None)}, {float, type(None)}):
+            found[prefix + f.name] = next(a for a in typing.get_args(kind) if a is not type(None))
+    return found
+
+
+def test_every_numeric_setting_has_a_range():
+    """A new int or float field of the schema needs its range in NUMERIC_RANGES."""
+    fields = _numeric_schema_fields()
+    assert len(fields) > 70  # the walk itself works
+    assert sorted(set(fields) - set(NUMERIC_RANGES)) == []
+    assert sorted(set(NUMERIC_RANGES) - set(fields)) == []  # no stale entries either
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_every_float_setting_refuses_non_finite_values_naming_the_key(value):
+    base = compose_train()
+    floats = [k for k, kind in _numeric_schema_fields().items() if kind is float]
+    assert "stage.lr" in floats and "model.similarity.tau" in floats
+    for key in floats:
+        cfg = base.copy()
+        OmegaConf.update(cfg, key, float(value))
+        with pytest.raises(ConfigError) as err:
+            validate_train(cfg)
+        assert str(err.value).startswith(f"{key}: must be a finite number, got {value}"), key
+
+
+def test_defaults_of_every_numeric_setting_are_in_range():
+    default = TrainConfig()
+    for key, allowed in NUMERIC_RANGES.items():
+        value = default
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert value is None or (math.isfinite(value) and value in allowed), key
+
+
+def test_empty_run_dir_is_refused_instead_of_training_into_the_current_folder(
+    tiny_overrides, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_train([*tiny_overrides, "stage.max_steps=1", "run_dir=''"])
+    with pytest.raises(ConfigError, match=r"^run_dir: must name a folder"):
+        run_stage(cfg)
+    assert list(tmp_path.iterdir()) == []

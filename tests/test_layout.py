@@ -140,3 +140,18 @@ def test_no_file_over_the_size_limit():
     limit = {name: MAX_STAGE_LINES if ".stages." in name else MAX_LINES for name in sizes}
     too_long = {name: n for name, n in sizes.items() if n > limit[name]}
     assert not too_long, too_long
+
+
+def test_every_config_ships_with_the_package():
+    """A plain (non-editable) install carries exactly what pyproject's package-data names: every
+    YAML under scl_slt/configs must match one of its patterns, or `pip install .` would run
+    without it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["scl_slt"]
+    configs = sorted((PACKAGE / "configs").rglob("*.yaml"))
+    assert len(configs) > 10
+    shipped = {path for pattern in patterns for path in PACKAGE.glob(pattern)}
+    assert [str(p.relative_to(PACKAGE)) for p in configs if p not in shipped] == []
+    assert (PACKAGE.parent / "configs").resolve() == (PACKAGE / "configs").resolve()

@@ -7,7 +7,8 @@ a *clip source* that turns a record into a tensor: per-frame features ``(T, D)``
 Samples become batches in ``batching.py`` (the batch contract is written there).
 
 Bad samples (``data.on_bad_sample``): a source raises ``DataError`` for a missing or unreadable
-clip. With ``error`` the dataset re-raises it naming the split, index, sample and path. With
+clip, or one of the wrong shape or dtype (checked per sample as it loads: a wrong-width feature
+file would otherwise fail the whole batch in the collator, naming no file). With ``error`` the dataset re-raises it naming the split, index, sample and path. With
 ``skip`` ``__getitem__`` returns None, counts it in a counter shared with DataLoader workers
 (``SignDataset.bad_sample_count``; ``reset_bad_sample_count()`` once per epoch gives the epoch's
 count to log) and the Collator drops it (what that means for a batch, and for the loop when a
@@ -53,11 +54,41 @@ class ClipSource(Protocol):
         """Frames available for the record (before subsampling); DataError when unreadable."""
 
 
-class FeatureSource:
-    """Per-sample arrays at ``<feature_root>/<name>.npy`` (``name`` may contain ``/``)."""
+class FeatureWidth(NamedTuple):
+    """The feature width every file of a split must have, and where that number comes from (so
+    an error can name it): ``model.sign_embedding.feature_dim``, ``data.synthetic.feature_dim``
+    or the split's first good file (``datasets.feature_width``)."""
 
-    def __init__(self, feature_root: str | os.PathLike):
+    dim: int
+    source: str
+
+    def __str__(self) -> str:
+        return f"width {self.dim} from {self.source}"
+
+
+def feature_problem(shape: tuple[int, ...], dtype: np.dtype, width: FeatureWidth | None) -> str:
+    """What is wrong with a feature array of ``shape`` and ``dtype`` ("" if nothing): it must be
+    floating point, 2-D (T, D), T > 0 and D = ``width`` (any D when None). Shared by the loader
+    and the start-up scan (``scan.py``), so the two never disagree."""
+    if not np.issubdtype(dtype, np.floating):
+        return f"dtype {dtype}, expected floating point"
+    dim = "D" if width is None else str(width.dim)
+    if len(shape) != 2:
+        return f"shape {shape}, expected 2-D (T, {dim})"
+    if shape[0] == 0:
+        return f"shape {shape}: no rows"
+    if width is not None and shape[1] != width.dim:
+        return f"shape {shape}, expected (T, {width.dim}): {width}"
+    return ""
+
+
+class FeatureSource:
+    """Per-sample arrays at ``<feature_root>/<name>.npy`` (``name`` may contain ``/``), each
+    checked as it loads against ``feature_problem`` (floating point (T > 0, ``width``))."""
+
+    def __init__(self, feature_root: str | os.PathLike, width: FeatureWidth | None = None):
         self.root = Path(feature_root)
+        self.width = width
 
     def path(self, name: str) -> Path:
         return self.root / f"{name}.npy"
@@ -66,10 +97,11 @@ class FeatureSource:
         self, record: dict[str, Any], train: bool, seed: Sequence[int] | None = None
     ) -> torch.Tensor:
         path = self.path(record["name"])
-        arr = open_array(path, "feature file", record["name"])
-        if arr.ndim != 2 or arr.shape[0] == 0:
-            raise DataError(f"feature file {path}: expected shape (T>0, D), got {arr.shape}")
-        return torch.from_numpy(np.asarray(arr, dtype=np.float32))  # (T, D)
+        arr = open_array(path, "feature file", record["name"])  # header only so far
+        problem = feature_problem(arr.shape, arr.dtype, self.width)
+        if problem:
+            raise DataError(f"feature file {path}: {problem}")
+        return torch.from_numpy(np.array(arr, dtype=np.float32))  # (T, D), a copy off the map
 
     def frame_count(self, record: dict[str, Any]) -> int:
         """T from the array header (nothing else is read)."""

@@ -10,7 +10,8 @@ gfslt       ``<labels_dir or root>/labels.{split}``     ``imgs_path`` or ``<fram
 official    corpus CSVs / ``csl2020ct_v2.pkl``          release folders (``official.py``) or ``frame_root``
 ==========  ==========================================  ===========================================
 
-Features (``modality=features``) are ``<feature_root>/<name>.npy`` for every layout. With
+Features (``modality=features``) are ``<feature_root>/<name>.npy`` for every layout, each of
+the width ``feature_width`` gives (the data config has no width of its own). With
 ``data.frame_cache`` set, frames come from the cache instead of files (``frame_store.py``; built
 by ``frame_cache.py``).
 Label files and ``csl2020ct_v2.pkl`` are pickles: they are loaded only from the paths configured.
@@ -28,11 +29,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import CONFIG_DIR, BadSample, ConfigError, DataConfig, Layout, Modality
 from . import official
-from .dataset import ClipSource, FeatureSource, SignDataset
+from .dataset import ClipSource, FeatureSource, FeatureWidth, SignDataset, feature_problem
 from .frame_files import FolderFrameSource
 from .frame_store import CachedFrameSource, FrameCache
 from .frames import ClipTransform
 from .labels import DataError, labels_path, read_labels
+from .npy_header import read_npy_header
 from .synthetic.generate import ensure_synthetic
 
 log = logging.getLogger(__name__)
@@ -92,10 +94,34 @@ def feature_root_of(cfg: DataConfig) -> Path:
     return _required(cfg.feature_root, "feature_root", "modality=features needs it")
 
 
-def build_source(cfg: DataConfig, train: bool) -> ClipSource:
-    """Features or frames (files or cache) for the configured layout and modality."""
+def feature_width(
+    cfg: DataConfig, records: Sequence[dict[str, Any]], feature_dim: int | None = None
+) -> FeatureWidth | None:
+    """The width every feature file must have: ``feature_dim`` when the caller knows it (pass
+    ``model.sign_embedding.feature_dim``), else ``data.synthetic.feature_dim`` for the synthetic
+    data, else the width of the first good file of ``records`` in their order (read from its
+    header in the main process, so every DataLoader worker checks against the same number).
+    None when no file is good: every sample then fails on its own account."""
+    if feature_dim is not None:
+        return FeatureWidth(feature_dim, "model.sign_embedding.feature_dim")
+    if cfg.layout is Layout.synthetic:
+        return FeatureWidth(cfg.synthetic.feature_dim, "data.synthetic.feature_dim")
+    source = FeatureSource(feature_root_of(cfg))
+    for record in records:
+        path = source.path(record["name"])
+        try:
+            header = read_npy_header(path)
+        except (OSError, ValueError):
+            continue
+        if not feature_problem(header.shape, header.dtype, None) and not header.truncated:
+            return FeatureWidth(header.shape[1], f"the first good feature file {path}")
+    return None
+
+
+def build_source(cfg: DataConfig, train: bool, width: FeatureWidth | None = None) -> ClipSource:
+    """Features (of ``width``) or frames (files or cache) for the configured layout and modality."""
     if cfg.modality is Modality.features:
-        return FeatureSource(feature_root_of(cfg))
+        return FeatureSource(feature_root_of(cfg), width)
     return build_frame_source(cfg, frame_root=frame_root_of(cfg), train=train)
 
 
@@ -149,11 +175,15 @@ def _check_known_broken(cfg: DataConfig, records: list[dict[str, Any]], source: 
                 raise DataError(f"{e}; or drop the clip from the split") from e
 
 
-def build_split(cfg: DataConfig, split: str, train: bool | None = None) -> SignDataset:
-    """The dataset of one split. ``train`` (default: split == "train") enables augmentation."""
+def build_split(
+    cfg: DataConfig, split: str, train: bool | None = None, feature_dim: int | None = None
+) -> SignDataset:
+    """The dataset of one split. ``train`` (default: split == "train") enables augmentation;
+    ``feature_dim`` is the width feature files must have (see ``feature_width``)."""
     train = split == "train" if train is None else train
     records = split_records(cfg, split)
-    source = build_source(cfg, train)
+    width = feature_width(cfg, records, feature_dim) if cfg.modality is Modality.features else None
+    source = build_source(cfg, train, width)
     _check_known_broken(cfg, records, source)
     _fill_lengths(records, source)
     return SignDataset(

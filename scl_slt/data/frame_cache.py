@@ -36,7 +36,13 @@ import torch
 from ..config import DataConfig, ResizeMode
 from ..rundir.atomic import atomic_path, write_json_atomic
 from .datasets import data_config_from_args, frame_root_of, split_records
-from .frame_files import clip_frame_paths, decode_frames, resize_clip, with_known_issue
+from .frame_files import (
+    clip_frame_paths,
+    decode_frames,
+    resize_clip,
+    resized_size,
+    with_known_issue,
+)
 from .frame_store import CLIPS, FORMAT_VERSION, INDEX, FrameCache, clip_relpath
 from .labels import SPLITS, DataError
 
@@ -73,15 +79,20 @@ def _write_index(root: Path, index: dict[str, Any]) -> None:
     write_json_atomic(root / INDEX, index, indent=None)
 
 
-def _adopt(path: Path) -> list[int] | None:
-    """(T, H, W) of a complete clip file left by an interrupted run, None if unusable."""
+def _adopt(path: Path, resize: int, mode: ResizeMode) -> list[int] | None:
+    """(T, H, W) of a complete clip file left by an interrupted run, None if unusable: not
+    uint8 (T > 0, 3, H, W), or frames of another size (a file left by a build at another
+    ``resize``, whose index was deleted)."""
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError):
         return None
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != 3:
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != 3 or arr.shape[0] == 0:
         return None
-    return [arr.shape[0], arr.shape[2], arr.shape[3]]
+    t, _, h, w = arr.shape
+    if resized_size(h, w, resize, mode) != (h, w):
+        return None
+    return [t, h, w]
 
 
 def build_frame_cache(
@@ -112,7 +123,7 @@ def build_frame_cache(
             name = record["name"]
             if name in index["clips"] or name in queued:
                 continue
-            adopted = _adopt(root / clip_relpath(name))
+            adopted = _adopt(root / clip_relpath(name), cfg.resize, mode)
             if adopted is not None:
                 index["clips"][name] = adopted
                 continue

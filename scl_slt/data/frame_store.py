@@ -8,7 +8,9 @@ Layout (written by ``frame_cache.py``, which also explains how to build one)::
 ``name`` is the record name (``train/<id>`` for PHOENIX14T, so it may hold a ``/``). The loader
 memory-maps each clip and reads only the frames it samples: no decoding and no resize, the same
 clip transform as the frame files. Clips the conversion could not read are listed under
-``failed``; loading one raises DataError, so the dataset treats it as a bad sample.
+``failed``; loading one raises DataError, so the dataset treats it as a bad sample. So does a clip
+whose index entry or file is not uint8 (T > 0, 3, H, W) at the cache's size (e.g. a clip file of
+another ``resize`` adopted by a rebuild), with a message naming the file and the shape.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from ..config import DataConfig, ResizeMode
 from .dataset import Clip, open_array
-from .frame_files import noting_known_issue
+from .frame_files import noting_known_issue, resized_size
 from .frames import ClipTransform, clip_rng, temporal_indices
 from .labels import DataError
 
@@ -78,23 +80,54 @@ class FrameCache:
         return name in self.clips
 
     def shape(self, name: str) -> tuple[int, int, int]:
-        """(T, H, W) of a cached clip."""
+        """(T, H, W) of a cached clip; DataError naming its file if the index entry is bad."""
         if name not in self.clips:
             reason = self.failed.get(name)
             detail = f": conversion failed: {reason}" if reason else ""
             raise DataError(f"clip {name!r} is not in the frame cache {self.root}{detail}")
+        problem = self.entry_problem(name)
+        if problem:
+            raise DataError(f"frame cache file {self.root / clip_relpath(name)}: {problem}")
         t, h, w = self.clips[name]
         return t, h, w
 
+    def entry_problem(self, name: str) -> str:
+        """What is wrong with the index entry of a listed clip ("" if nothing): it must be
+        [T > 0, H, W] with H x W as ``resize`` / ``resize_mode`` leave frames."""
+        entry = self.clips[name]
+        if not (
+            isinstance(entry, (list, tuple))
+            and len(entry) == 3
+            and all(type(v) is int for v in entry)
+        ):
+            return f"index entry {entry!r}, expected [T, H, W]"
+        t, h, w = entry
+        if t <= 0:
+            return f"no frames (index entry {entry})"
+        if h <= 0 or w <= 0 or resized_size(h, w, self.resize, self.resize_mode) != (h, w):
+            return (
+                f"frames of {h}x{w}, but the cache holds frames resized to {self.resize} "
+                f"({self.resize_mode.value}); rebuild the clip"
+            )
+        return ""
+
+    def file_problem(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> str:
+        """What is wrong with a listed clip's file of ``shape`` / ``dtype`` ("" if nothing):
+        uint8 (T, 3, H, W) as its (good) index entry says. Shared by the loader and the
+        start-up scan (``scan.py``)."""
+        t, h, w = self.clips[name]
+        if dtype != np.uint8 or tuple(shape) != (t, 3, h, w):
+            return f"{dtype} {tuple(shape)}, index says uint8 {(t, 3, h, w)}"
+        return ""
+
     def open(self, name: str) -> np.ndarray:
         """The clip as a read-only memory map, uint8 (T, 3, H, W)."""
-        t, h, w = self.shape(name)
+        self.shape(name)
         path = self.root / clip_relpath(name)
         arr = open_array(path, "frame cache file", name)
-        if arr.dtype != np.uint8 or arr.shape != (t, 3, h, w):
-            raise DataError(
-                f"frame cache file {path}: {arr.dtype} {arr.shape}, index says uint8 {(t, 3, h, w)}"
-            )
+        problem = self.file_problem(name, arr.shape, arr.dtype)
+        if problem:
+            raise DataError(f"frame cache file {path}: {problem}")
         return arr
 
 

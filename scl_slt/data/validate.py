@@ -1,7 +1,7 @@
 """Dataset validator: every problem a training run would trip over, found before it starts.
 
     python -m scl_slt.data.validate data=phoenix14t data.root=/data/PHOENIX-2014-T \\
-        [splits=train,dev,test] [decode=true] [workers=8] [report=problems.json]
+        [splits=train,dev,test] [decode=true] [workers=8] [report=problems.json] [feature_dim=N]
 
 Checks each sample of each split and prints one line per problem, then counts per category;
 the exit code is 1 when anything was found (2 for a bad command line or config). Categories:
@@ -13,8 +13,12 @@ missing_frame          a frame listed in ``imgs_path`` does not exist
 unreadable_frame       a frame that does not decode (``decode=true``, the default)
 frame_size_mismatch    a frame whose size differs from the clip's first frame
 missing_feature        ``<feature_root>/<name>.npy`` does not exist
-unreadable_feature     a feature file that does not load or is not (T > 0, D)
+unreadable_feature     a feature file whose header does not read, that is truncated, or that is
+                       not floating point (T > 0, D) at the expected width D (``feature_dim=N``,
+                       else the synthetic width or the first good file: ``datasets.feature_width``)
 missing_cache_clip     with ``data.frame_cache``: a clip absent from the cache (or its file)
+bad_cache_clip         with ``data.frame_cache``: a clip whose index entry or file is not uint8
+                       (T > 0, 3, H, W) at the cache's size, or whose file is unreadable
 empty_text             an empty target sentence
 length_mismatch        the label's ``length`` differs from the frames / feature rows / cached T
 duplicate_name         a sample name seen twice in one split
@@ -23,7 +27,8 @@ known_broken           a documented broken clip (CSL-Daily ``S000005_P0004_T00``
 =====================  ====================================================================
 
 ``decode=false`` checks existence and counts only (fast); ``decode=true`` decodes every frame,
-in ``workers`` processes.
+in ``workers`` processes. Feature files and frame-cache clips are checked by the start-up scan
+(``scan.py``, headers only), the same one training runs, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -38,13 +43,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import ConfigError, DataConfig, Modality
-from .datasets import data_config_from_args, feature_root_of, frame_root_of, split_records
+from .datasets import data_config_from_args, frame_root_of, split_records
 from .frame_files import clip_folder, decode_frame, list_frames
-from .frame_store import FrameCache, clip_relpath
 from .labels import SPLITS, DataError
+from .scan import MISSING, ScanReport, scan_feature_files, scan_frame_cache
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ CATEGORIES = (
     "missing_feature",
     "unreadable_feature",
     "missing_cache_clip",
+    "bad_cache_clip",
     "empty_text",
     "length_mismatch",
     "duplicate_name",
@@ -105,13 +109,13 @@ class _Checker:
     split: str
     modality: Modality
     frame_root: str | None
-    feature_root: str | None
     decode: bool
 
-    def __call__(self, record: dict[str, Any]) -> list[Problem]:
+    def __call__(self, record: dict[str, Any], scanned: Sequence[Problem] = ()) -> list[Problem]:
+        """The record's problems; ``scanned``: its feature file's, found by the scan."""
         problems = self._text(record)
         if self.modality is Modality.features:
-            problems += self._features(record)
+            problems += scanned
         else:
             problems += self._frames(record)
         if record.get("known_issue"):
@@ -146,22 +150,6 @@ class _Checker:
                 )
             ]
         return []
-
-    def _features(self, record: dict) -> list[Problem]:
-        path = Path(self.feature_root) / f"{record['name']}.npy"
-        if not path.is_file():
-            return [self._problem("missing_feature", record, path)]
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except (ValueError, OSError, EOFError) as e:
-            return [self._problem("unreadable_feature", record, path, str(e))]
-        if arr.ndim != 2 or arr.shape[0] == 0:
-            return [
-                self._problem(
-                    "unreadable_feature", record, path, f"shape {arr.shape}, expected (T>0, D)"
-                )
-            ]
-        return self._length(record, arr.shape[0], path, "feature rows")
 
     def _frames(self, record: dict) -> list[Problem]:
         root = Path(self.frame_root)
@@ -215,27 +203,30 @@ def _check_chunk(args: tuple[_Checker, list[dict[str, Any]]]) -> list[Problem]:
     return [p for record in records for p in checker(record)]
 
 
-def _cache_problems(cfg: DataConfig, split: str, records: list[dict]) -> list[Problem]:
-    cache = FrameCache(Path(cfg.frame_cache).expanduser())
-    cache.check_matches(cfg)
-    problems = []
-    for record in records:
-        name = record["name"]
-        path = cache.root / clip_relpath(name)
-        if name not in cache or not path.is_file():
-            detail = cache.failed.get(name, "")
-            problems.append(Problem("missing_cache_clip", split, name, str(path), detail))
-        elif record.get("length") is not None and cache.clips[name][0] != int(record["length"]):
-            problems.append(
-                Problem(
-                    "length_mismatch",
-                    split,
-                    name,
-                    str(path),
-                    f"label length {record['length']}, cached frames {cache.clips[name][0]}",
+def _scanned_problems(
+    scan: ScanReport, what: str, missing: str, bad: str, records_by_split: dict[str, list[dict]]
+) -> dict[tuple[str, str], list[Problem]]:
+    """The scan's bad files as validator problems (``missing`` or ``bad`` category), and a
+    ``length_mismatch`` for each good file whose rows differ from its label's ``length``."""
+    found: dict[tuple[str, str], list[Problem]] = {}
+    for b in scan.bad:
+        category = missing if b.kind == MISSING else bad
+        found.setdefault((b.split, b.name), []).append(
+            Problem(category, b.split, b.name, b.path, b.detail)
+        )
+    for split, records in records_by_split.items():
+        for record in records:
+            key = (split, record["name"])
+            length = record.get("length")
+            if key not in scan.good or length is None:
+                continue
+            rows, path = scan.good[key]
+            if int(length) != rows:
+                detail = f"label length {length}, {what} {rows}"
+                found.setdefault(key, []).append(
+                    Problem("length_mismatch", split, record["name"], path, detail)
                 )
-            )
-    return problems
+    return found
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -245,32 +236,45 @@ def validate_dataset(
     decode: bool = True,
     workers: int = 0,
     ignore_known_broken: bool = False,
+    feature_dim: int | None = None,
 ) -> ValidationReport:
     """Check every sample of ``splits``; problems in the order found, per split."""
     report = ValidationReport(ignore_known_broken=ignore_known_broken)
     frames = cfg.modality is Modality.frames
-    feature_root = None if frames else str(feature_root_of(cfg))
     frame_root = str(frame_root_of(cfg)) if frames else None
-    pool = ProcessPoolExecutor(workers) if workers > 0 else None
+    records = {split: split_records(cfg, split) for split in splits}
+    scanned: dict[tuple[str, str], list[Problem]] = {}  # (split, name) -> the scan's problems
+    if not frames:
+        scan = scan_feature_files(cfg, splits, feature_dim)
+        scanned = _scanned_problems(
+            scan, "feature rows", "missing_feature", "unreadable_feature", records
+        )
+    elif cfg.frame_cache:
+        scan = scan_frame_cache(cfg, splits)
+        scanned = _scanned_problems(
+            scan, "cached frames", "missing_cache_clip", "bad_cache_clip", records
+        )
+    pool = ProcessPoolExecutor(workers) if workers > 0 and frames else None
     try:
         for split in splits:
-            records = split_records(cfg, split)
-            report.samples[split] = len(records)
-            seen: Counter = Counter(r["name"] for r in records)
+            report.samples[split] = len(records[split])
+            seen: Counter = Counter(r["name"] for r in records[split])
             for name, n in sorted(seen.items()):
                 if n > 1:
                     report.problems.append(Problem("duplicate_name", split, name, "", f"{n} times"))
-            checker = _Checker(split, cfg.modality, frame_root, feature_root, decode)
-            chunks = [records[i : i + 16] for i in range(0, len(records), 16)]
-            results = (
-                pool.map(_check_chunk, [(checker, c) for c in chunks])
-                if pool
-                else map(_check_chunk, [(checker, c) for c in chunks])
-            )
-            for problems in results:
-                report.problems.extend(problems)
-            if frames and cfg.frame_cache:
-                report.problems.extend(_cache_problems(cfg, split, records))
+            checker = _Checker(split, cfg.modality, frame_root, decode)
+            if frames:
+                chunks = [records[split][i : i + 16] for i in range(0, len(records[split]), 16)]
+                tasks = [(checker, c) for c in chunks]
+                for problems in pool.map(_check_chunk, tasks) if pool else map(_check_chunk, tasks):
+                    report.problems.extend(problems)
+                for record in records[split]:  # the frame cache's, after the frame files'
+                    report.problems.extend(scanned.pop((split, record["name"]), []))
+            else:
+                for record in records[split]:
+                    report.problems.extend(
+                        checker(record, scanned.get((split, record["name"]), []))
+                    )
     finally:
         if pool is not None:
             pool.shutdown()
@@ -285,9 +289,16 @@ def _flag(value: str, key: str) -> bool:
     raise ConfigError(f"{key}={value!r}: expected true or false")
 
 
+def _int(value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}={value!r}: expected an integer") from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    keys = ("splits", "decode", "workers", "report", "ignore_known_broken")
+    keys = ("splits", "decode", "workers", "report", "ignore_known_broken", "feature_dim")
     try:
         cfg, extra = data_config_from_args(sys.argv[1:] if argv is None else argv, keys)
         splits = tuple(s for s in extra.get("splits", ",".join(SPLITS)).split(",") if s)
@@ -299,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ignore_known_broken=_flag(
                 extra.get("ignore_known_broken", "false"), "ignore_known_broken"
             ),
+            feature_dim=_int(extra["feature_dim"], "feature_dim")
+            if "feature_dim" in extra
+            else None,
         )
     except (ConfigError, DataError) as e:
         print(f"validate: {e}", file=sys.stderr)

@@ -12,6 +12,9 @@ Decoding settings default to the run's ``model.generation`` and can be overridde
 checkpoint still holds the text branch: then video->text / text->video retrieval and, when its
 records carry gloss alignments, the Sign Density Ratio are reported too (``eval/alignment.py``),
 written to ``metrics.json`` as its ``alignment`` section.
+
+A checkpoint whose weights hold NaN/inf (a diverged run) is refused before any decoding with
+``NonFiniteWeightsError``, naming the tensors and how many of their values are non-finite.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..data.batching import Collator
 from ..data.datasets import build_split
 from ..models.handoff import load_trained_model
 from ..rundir.layout import load_run_config
+from ..training.optim import check_weights
 from ..training.runtime import setup_runtime
 from .alignment import evaluate_alignment
 from .translation import (
@@ -95,6 +99,7 @@ def evaluate_checkpoint(
     tokenizer, model, ckpt_dir = load_trained_model(
         train_cfg, run_dir, cfg.checkpoint, runtime.device, keep_text_branch=True
     )
+    check_weights(model, f"checkpoint {ckpt_dir}")  # named, instead of failing in decoding
     dataset = build_split(train_cfg.data, cfg.split, train=False)
     num_workers = train_cfg.data.num_workers if cfg.num_workers is None else cfg.num_workers
     loader = build_eval_loader(

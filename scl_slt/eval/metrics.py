@@ -130,12 +130,22 @@ def compute_metrics(hypotheses: list[str], references: list[str], language: str)
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """One sentence per line, UTF-8; only the line break is removed."""
+    """One sentence per line, UTF-8; only the line break is removed.
+
+    Lines end at ``\n`` alone (a ``\r`` before it is dropped: Windows files read the same), and
+    a UTF-8 byte-order mark at the start of the file is dropped. ``str.splitlines`` is not used:
+    it also breaks at U+2028, U+2029, U+0085 and other characters a sentence may hold, which
+    splits one sentence into two and misaligns every line after it with its reference.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # bytes, not read_text: its universal newlines would break lines at a lone \r too
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not valid UTF-8: {e}") from e
-    return text.splitlines()
+    text = text.removeprefix("\ufeff")
+    if not text:
+        return []
+    lines = text.removesuffix("\n").split("\n")
+    return [line.removesuffix("\r") for line in lines]

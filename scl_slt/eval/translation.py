@@ -35,6 +35,7 @@ from ..config import GenerationConfig
 from ..data.batching import BatchLoader
 from ..distributed import all_gather_object, get_rank, get_world_size, is_initialized
 from ..rundir.atomic import write_json_atomic, write_text_atomic
+from ..training.runtime import observer_generator
 from .inference import EvalBatches
 from .metrics import TOKEN_LEVEL, compute_metrics
 
@@ -95,7 +96,8 @@ def build_eval_loader(
         sampler = DistributedSampler(
             dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=False, drop_last=False
         )
-    # In order (no shuffle), workers not kept between evaluations (the defaults).
+    # In order (no shuffle), workers not kept between evaluations (the defaults); a generator of
+    # its own, so evaluating never draws from the training's random stream.
     return BatchLoader(
         dataset,
         batch_size=batch_size,
@@ -103,6 +105,7 @@ def build_eval_loader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=pin_memory,
+        generator=observer_generator(),
     )
 
 

@@ -11,11 +11,14 @@ Submodule names are the stage-1 -> stage-2 hand-off contract (`handoff.load_subm
 The module builds everything from an `MBartConfig` with random weights; pretrained weights,
 ResNet weights and LoRA are applied by `builder.build_model`, the only place that reads files.
 Generation is a batched beam search written here (KV cache optional) so that its semantics do
-not move with the transformers version.
+not move with the transformers version; the few places where transformers' decoder API did move
+(the cache keyword, the cache type) are bridged once, in `CACHE_KEYWORD`, `new_kv_cache` and
+`reorder_kv_cache`.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import MBartConfig
+from transformers import MBartConfig, cache_utils
+from transformers.models.mbart import modeling_mbart
 from transformers.models.mbart.modeling_mbart import MBartDecoder, MBartEncoder
 
 from ..config import Modality, SignEmbeddingConfig, SimilarityConfig, SimilarityMethod
@@ -33,6 +37,32 @@ from .similarity import SimilarityHead
 log = logging.getLogger(__name__)
 
 TEXT_BRANCH = ("text_encoder", "similarity")
+
+# The decoder's KV-cache keyword, which is also its output field: `past_key_values` up to
+# transformers 5.23, `cache` from 5.24 (where the old name warns on every call and goes in 5.40).
+CACHE_KEYWORD = (
+    "cache" if "cache" in inspect.signature(MBartDecoder.forward).parameters else "past_key_values"
+)
+
+
+def new_kv_cache():
+    """The cache for the first cached decoder call. None lets the decoder start its own: tuples
+    of tensors up to transformers 4.51, a Cache object with the `cache` keyword (5.24+). Where
+    `past_key_values` takes Cache objects (4.52-5.23), 4.52-4.55 read None as a deprecated tuple
+    cache (and warn), so from 4.52 to 5.23 the empty cache is built here."""
+    if CACHE_KEYWORD == "cache" or not hasattr(modeling_mbart, "EncoderDecoderCache"):
+        return None
+    return cache_utils.EncoderDecoderCache(cache_utils.DynamicCache(), cache_utils.DynamicCache())
+
+
+def reorder_kv_cache(cache, rows: Tensor):
+    """The cache of the beams in `rows` (B*K,): a Cache object is reordered in place, a tuple
+    cache (per layer: self-attention key, value, cross-attention key, value; each (B*K, H, t, d))
+    is indexed."""
+    if isinstance(cache, tuple):
+        return tuple(tuple(t.index_select(0, rows) for t in layer) for layer in cache)
+    cache.reorder_cache(rows)
+    return cache
 
 
 @dataclass(frozen=True)
@@ -120,12 +150,12 @@ class TextDecoder(nn.Module):
             attention_mask=attention_mask,
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask,
-            past_key_values=cache,
             use_cache=use_cache,
+            **{CACHE_KEYWORD: cache},
         )
         hidden = out.last_hidden_state  # (B, L, D)
         logits = F.linear(hidden, self.decoder.embed_tokens.weight) + self.final_logits_bias
-        return logits, out.past_key_values
+        return logits, getattr(out, CACHE_KEYWORD) if use_cache else None
 
 
 def shift_right(text_ids: Tensor, text_mask: Tensor, special: SpecialTokens) -> Tensor:
@@ -240,7 +270,8 @@ class SignTranslationModel(nn.Module):
         sum(log p) / n ** length_penalty, n = its length counting the language code and </s>;
         only </s> among the top `num_beams` candidates of a step ends a hypothesis; a sample is
         done when it has `num_beams` finished hypotheses; step `max_length` forces </s> (at most
-        `max_length` tokens per output, </s> included). Call `model.eval()` first.
+        `max_length` tokens per output, </s> included). Call `model.eval()` first. Non-finite
+        decoder logits raise FloatingPointError naming the step and the hypotheses.
         """
         if num_beams < 1 or max_length < 1:
             raise ValueError(
@@ -287,10 +318,11 @@ def beam_search(
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
     done = [False] * batch
     suppressed = torch.tensor(special.suppressed, dtype=torch.long, device=device)
-    cache = None
+    cache = new_kv_cache() if use_cache else None
     for step in range(max_length):
-        step_ids = seqs[:, -1:] if cache is not None else seqs  # (B*K, 1) or (B*K, t)
-        logits, new_cache = decoder(step_ids, None, memory, memory_mask, cache, use_cache)
+        step_ids = seqs[:, -1:] if step > 0 and use_cache else seqs  # (B*K, 1) or (B*K, t)
+        logits, cache = decoder(step_ids, None, memory, memory_mask, cache, use_cache)
+        _check_finite(logits[:, -1], step, memory)
         logp = logits[:, -1].float().log_softmax(dim=-1)  # (B*K, V)
         logp[:, suppressed] = -math.inf
         if step == max_length - 1:  # last step: only </s>
@@ -324,8 +356,7 @@ def beam_search(
         rows = rows.reshape(-1)  # (B*K,) parent row of each new beam
         seqs = torch.cat([seqs[rows], token.gather(1, pick).reshape(-1, 1)], dim=1)
         if use_cache:
-            new_cache.reorder_cache(rows)
-            cache = new_cache
+            cache = reorder_kv_cache(cache, rows)
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
     out = torch.full((batch, max(len(t) for _, t in best)), special.pad_id, dtype=torch.long)
     for b, (_, tokens) in enumerate(best):
@@ -333,3 +364,25 @@ def beam_search(
     if return_scores:
         return out.to(device), torch.tensor([score for score, _ in best], device=device)
     return out.to(device)
+
+
+def _check_finite(logits: Tensor, step: int, memory: Tensor) -> None:
+    """A NaN or inf logit poisons its hypothesis's whole log-softmax row, and beam search would
+    then fail far from the cause; name it here instead. logits (B*K, V) of one step."""
+    bad = ~torch.isfinite(logits).all(dim=-1)  # (B*K,)
+    if not bad.any():
+        return
+    values = logits[bad]
+    memory_note = (
+        "the visual encoder output is non-finite too: check the input features and the model's "
+        "weights"
+        if not torch.isfinite(memory).all()
+        else "the visual encoder output is finite, so the decoder blows up first: check its "
+        "weights (the checkpoint, the training loss)"
+    )
+    raise FloatingPointError(
+        f"beam search: the decoder logits at decoding step {step} (0 = the first output token) "
+        f"are non-finite for {int(bad.sum())} of {logits.shape[0]} hypotheses "
+        f"({int(values.isnan().sum())} NaN, {int(values.isinf().sum())} inf values); "
+        f"{memory_note}"
+    )

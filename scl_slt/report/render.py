@@ -86,9 +86,10 @@ def read_curves(run_dir: Path) -> tuple[list[tuple[float, float]], list[tuple[fl
             continue
         if not isinstance(record, dict):
             continue
-        if record.get("split") == "dev" and "bleu4" in record and "epoch" in record:
+        # A non-finite value is written as null (strict JSON): no point on the curve.
+        if record.get("split") == "dev" and record.get("bleu4") is not None and "epoch" in record:
             dev.append((float(record["epoch"]), float(record["bleu4"])))
-        elif record.get("split") == "train" and "loss" in record and "step" in record:
+        elif record.get("split") == "train" and record.get("loss") is not None and "step" in record:
             train.append((float(record["step"]), float(record["loss"])))
     return dev, train
 

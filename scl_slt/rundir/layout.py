@@ -5,11 +5,17 @@ result can always be traced back to the exact config and package version that pr
 
     config.yaml      the resolved config (read back by ``read_run_config`` / ``load_run_config``)
     meta.json        package, torch and python versions, command, start time
-    train.log        rank 0's log
-    metrics.jsonl    one JSON record per line (``MetricsWriter``; ``read_metrics``)
+    train.log        rank 0's log, and the error that ended the run (with its traceback)
+    metrics.jsonl    one strict JSON record per line (``MetricsWriter``; ``read_metrics``)
     tb/              TensorBoard scalars
     tokenizer/       the run's tokenizer
     checkpoints/     ``rundir/checkpoint.py``
+    attempts/        earlier attempts that did not leave a checkpoint to resume from
+
+A run directory holds one attempt: a fresh start in a directory an earlier attempt wrote into
+(killed before its first checkpoint, say) moves that attempt's files to
+``attempts/<n>-<time>/`` first (``set_aside_attempt``; nothing is deleted), so no log, metric or
+TensorBoard curve mixes two attempts.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,6 +48,16 @@ LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 TOKENIZER_DIR = "tokenizer"
+ATTEMPTS_DIR = "attempts"
+# What an attempt writes into its run directory (training, then scoring and evaluation of it);
+# names owned elsewhere: rundir/checkpoint.py, selection/tracker.py, selection/pair_scores/
+# (prepare.py, trajectory.py), selection/trajectory_report.py, eval/evaluator.py.
+ATTEMPT_ENTRIES = (
+    *(CONFIG_FILE, META_FILE, LOG_FILE, METRICS_FILE, TB_DIR, TOKENIZER_DIR, "checkpoints"),
+    *("snapshots", "selection", "scores", "pair_scores.npy", "pair_scores.json", "trajectory"),
+    "eval",
+)
+_ATTEMPT_DIR = re.compile(r"^(\d+)-")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -58,6 +75,25 @@ def write_run_config(run_dir: Path, config: dict[str, Any], extra: dict[str, Any
         **extra,
     }
     write_json_atomic(run_dir / META_FILE, meta)
+
+
+def set_aside_attempt(run_dir: Path) -> Path | None:
+    """Move what an earlier attempt left in ``run_dir`` (``ATTEMPT_ENTRIES``; nothing else, in
+    case run_dir is a folder that holds other things too) into ``attempts/<n>-<time>/``, ``n``
+    counting the attempts set aside and ``time`` when the attempt last wrote. Returns that
+    folder, or None when there was nothing to move. Called by rank 0 before a fresh start."""
+    present = [run_dir / name for name in ATTEMPT_ENTRIES if os.path.lexists(run_dir / name)]
+    if not present:
+        return None
+    root = run_dir / ATTEMPTS_DIR
+    earlier = [int(m.group(1)) for p in root.glob("*") if (m := _ATTEMPT_DIR.match(p.name))]
+    last_write = max(p.lstat().st_mtime for p in present)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(last_write))
+    target = root / f"{max(earlier, default=0) + 1}-{stamp}"
+    target.mkdir(parents=True)
+    for path in present:
+        os.replace(path, target / path.name)
+    return target
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -108,11 +144,12 @@ class RunLogging:
     def __init__(self, run_dir: Path, rank: int):
         self.logger = logging.getLogger("scl_slt")
         self.handlers: list[logging.Handler] = []
+        self.file_handler: logging.Handler | None = None
         self.previous_level = self.logger.level
         if rank == 0:
-            file_handler = logging.FileHandler(run_dir / LOG_FILE)
-            file_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-            self.handlers.append(file_handler)
+            self.file_handler = logging.FileHandler(run_dir / LOG_FILE)
+            self.file_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+            self.handlers.append(self.file_handler)
             self.logger.setLevel(logging.INFO)
         else:
             self.logger.setLevel(logging.WARNING)
@@ -124,12 +161,41 @@ class RunLogging:
         for h in self.handlers:
             self.logger.addHandler(h)
 
+    def record_failure(self, error: BaseException) -> None:
+        """The error that ends the run, with its traceback, into ``train.log`` at ERROR (rank 0).
+        Into the file only: the command prints the error for the user once, on stderr."""
+        if self.file_handler is None:
+            return
+        record = self.logger.makeRecord(
+            self.logger.name,
+            logging.ERROR,
+            __file__,
+            0,
+            "run failed: %s: %s",
+            (type(error).__name__, error),
+            (type(error), error, error.__traceback__),
+        )
+        self.file_handler.handle(record)
+
     def close(self) -> None:
         for h in self.handlers:
             self.logger.removeHandler(h)
             h.close()
         self.handlers.clear()
+        self.file_handler = None
         self.logger.setLevel(self.previous_level)
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float (in nested dicts and lists too) as None: strict JSON
+    has no NaN or Infinity, and other readers (jq, JavaScript) reject the bare tokens."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 class MetricsWriter:
@@ -137,6 +203,8 @@ class MetricsWriter:
 
     Only rank 0 writes (others get an inert writer). On resume, records logged after the
     checkpoint's step by the interrupted run are dropped, so the file reads as one clean run.
+    The file is strict JSON: a non-finite value is written as null (and left out of
+    TensorBoard); files written before that, with bare ``NaN``, still read.
     """
 
     def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None):
@@ -168,7 +236,7 @@ class MetricsWriter:
             return
         record = {"split": split, "step": step, "time": round(time.time(), 3), **values}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if math.isfinite(value):
@@ -181,7 +249,8 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (optionally one split), in order."""
+    """The records of ``metrics.jsonl`` (optionally one split), in order. A non-finite value
+    reads as None (a bare ``NaN`` of an older file as float nan)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []

@@ -42,12 +42,17 @@ breaks ties by a per-epoch random order of the samples rather than by dataset in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..config import SelectionConfig
+from .. import distributed as dist_utils
+from ..config import SelectionConfig, SimilarityConfig
+from ..models.similarity import pairwise_similarity
+from ..models.slt import ModelOutput
 from .curriculum import CurriculumBatchSampler
 
 log = logging.getLogger(__name__)
@@ -220,3 +225,75 @@ class OnlineCurriculumSampler(CurriculumBatchSampler):
         if saved is not None:
             self._cached_epoch = int(saved["epoch"])
             self._cached_batches = [list(map(int, b)) for b in saved["batches"]]
+
+
+# ------------------------------------------------------------ recording during stage 1
+class ForwardTap:
+    """Holds the output of the model's forward inside ``capture()`` (a forward hook), so the
+    loop can read the projections of the loss's forward without changing ``compute_losses``."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+        self.out: ModelOutput | None = None
+
+    @contextlib.contextmanager
+    def capture(self):
+        def keep(module, args, output) -> None:
+            self.out = output
+
+        handle = self.net.register_forward_hook(keep)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def take(self) -> ModelOutput:
+        out, self.out = self.out, None
+        if out is None:
+            raise RuntimeError("ForwardTap: no forward ran inside capture()")
+        return out
+
+
+def observe_global_batch(
+    out: ModelOutput,
+    indices: torch.Tensor,
+    planned: list[int],
+    sim_cfg: SimilarityConfig,
+    step: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What ``OnlineTrajectory.update`` records of one micro-batch of stage 1: the global batch's
+    dataset indices (B,) in rank order and its (B, B) similarity ``s(video a, text b)``
+    (``pairwise_similarity``, before the logit scale, no gradient), from the projections of the
+    loss's own forward (``ForwardTap``). A collective: every rank calls it.
+
+    Each rank scores its own videos against the gathered texts and the rows are gathered, so
+    every rank holds the very same matrix (no rank recomputes another's rows). The gathered
+    indices must be the sampler's ``planned`` global batch (less samples that failed to load).
+    """
+    device = out.video_proj.device
+    with torch.no_grad():
+        texts, _ = dist_utils.all_gather_padded(out.text_proj.detach().float())  # (B, Lt, d)
+        text_mask, _ = dist_utils.all_gather_padded(out.text_proj_mask)  # (B, Lt)
+        rows = pairwise_similarity(
+            out.video_proj.detach().float(),  # (B_r, Tv, d)
+            out.video_proj_mask,
+            texts,
+            text_mask,
+            sim_cfg.method,
+            sim_cfg.tau,
+        )  # (B_r, B)
+        sim, _ = dist_utils.all_gather_padded(rows)  # (B, B)
+        gathered, _ = dist_utils.all_gather_padded(indices.to(device)[:, None])  # (B, 1)
+    found = gathered[:, 0].cpu().numpy()
+    _check_global_batch(found, planned, step)
+    return found, sim.cpu().numpy()
+
+
+def _check_global_batch(found: np.ndarray, planned: list[int], step: int) -> None:
+    """The gathered indices are the sampler's global batch (less samples that failed to load)."""
+    ok = found.tolist() == planned if len(found) == len(planned) else set(found) <= set(planned)
+    if not ok:
+        raise RuntimeError(
+            f"step {step}: the gathered batch {found.tolist()[:8]}... is not the sampler's "
+            f"global batch {planned[:8]}...: ranks are out of step"
+        )

@@ -227,6 +227,7 @@ def _shard_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
+        generator=loader.generator,  # the observer's own (training's RNG stays untouched)
     )
 
 

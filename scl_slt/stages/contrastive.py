@@ -32,7 +32,6 @@ windows, the guarded optimizer step, records, checkpoints) are ``training/loop.p
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -40,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed as dist_utils
 from .. import losses
 from ..config import BadSample, SelectionName, TrainConfig
 from ..data.batching import BatchLoader, Collator
@@ -48,13 +46,17 @@ from ..data.datasets import build_split
 from ..eval.alignment import evaluate_alignment
 from ..eval.translation import build_eval_loader
 from ..models import builder
-from ..models.similarity import pairwise_similarity
-from ..models.slt import ModelOutput
-from ..selection.online import OnlineTrajectory
+from ..selection.online import ForwardTap, OnlineTrajectory, observe_global_batch
 from ..selection.tracker import SnapshotTracker, fingerprint_of, snapshots_dir
 from ..training.loop import TrainRun, build_train_sampler, forward_batch, signcl_term
 from ..training.run_context import RunContext, run_tokenizer
-from ..training.runtime import Runtime, StopRequest, seed_everything, wrap_for_training
+from ..training.runtime import (
+    Runtime,
+    StopRequest,
+    observer_generator,
+    seed_everything,
+    wrap_for_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,68 +93,6 @@ def compute_losses(
     return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
 
-class ForwardTap:
-    """Holds the output of the model's forward inside ``capture()`` (a forward hook), so the
-    loop can read the projections of the loss's forward without changing ``compute_losses``."""
-
-    def __init__(self, net: torch.nn.Module):
-        self.net = net
-        self.out: ModelOutput | None = None
-
-    @contextlib.contextmanager
-    def capture(self):
-        def keep(module, args, output) -> None:
-            self.out = output
-
-        handle = self.net.register_forward_hook(keep)
-        try:
-            yield self
-        finally:
-            handle.remove()
-
-    def take(self) -> ModelOutput:
-        out, self.out = self.out, None
-        if out is None:
-            raise RuntimeError("ForwardTap: no forward ran inside capture()")
-        return out
-
-
-def global_batch_similarity(
-    out: ModelOutput, indices: torch.Tensor, cfg: TrainConfig, runtime: Runtime
-) -> tuple[np.ndarray, np.ndarray]:
-    """The global batch's dataset indices (B,) in rank order and its (B, B) similarity
-    ``s(video a, text b)`` (``pairwise_similarity``, before the logit scale, no gradient).
-
-    Each rank scores its own videos against the gathered texts and the rows are gathered, so
-    every rank holds the very same matrix (no rank recomputes another's rows).
-    """
-    sim_cfg = cfg.model.similarity
-    with torch.no_grad():
-        texts, _ = dist_utils.all_gather_padded(out.text_proj.detach().float())  # (B, Lt, d)
-        text_mask, _ = dist_utils.all_gather_padded(out.text_proj_mask)  # (B, Lt)
-        rows = pairwise_similarity(
-            out.video_proj.detach().float(),  # (B_r, Tv, d)
-            out.video_proj_mask,
-            texts,
-            text_mask,
-            sim_cfg.method,
-            sim_cfg.tau,
-        )  # (B_r, B)
-        sim, _ = dist_utils.all_gather_padded(rows)  # (B, B)
-        gathered, _ = dist_utils.all_gather_padded(indices.to(runtime.device)[:, None])  # (B, 1)
-    return gathered[:, 0].cpu().numpy(), sim.cpu().numpy()
-
-
-def _check_global_batch(found: np.ndarray, planned: list[int], step: int) -> None:
-    """The gathered indices are the sampler's global batch (less samples that failed to load)."""
-    ok = found.tolist() == planned if len(found) == len(planned) else set(found) <= set(planned)
-    if not ok:
-        raise RuntimeError(
-            f"step {step}: the gathered batch {found.tolist()[:8]}... is not the sampler's "
-            f"global batch {planned[:8]}...: ranks are out of step"
-        )
-
-
 def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopRequest) -> dict:
     """Train stage 1 in an opened run (``stages.run_stage``); returns the stage's result."""
     s = cfg.stage
@@ -160,9 +100,10 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
 
     # ---- data and tokenizer (the synthetic data is generated on first use, under a file lock)
     align_every = s.eval_every if s.retrieval_every is None else s.retrieval_every
-    train_set = build_split(cfg.data, "train")
+    width = cfg.model.sign_embedding.feature_dim  # what feature files must hold (checked per file)
+    train_set = build_split(cfg.data, "train", feature_dim=width)
     needs_dev = s.eval_every > 0 or align_every > 0
-    dev_set = build_split(cfg.data, "dev") if needs_dev else None
+    dev_set = build_split(cfg.data, "dev", feature_dim=width) if needs_dev else None
     tokenizer = run_tokenizer(cfg, run_dir, train_set.texts)
     collate = Collator(tokenizer)
     trajectory = None
@@ -192,7 +133,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
         )
         # Dataset order, no augmentation, and every sample: error mode whatever training does.
         tracker_data = dataclasses.replace(cfg.data, on_bad_sample=BadSample.error)
-        tracker_set = build_split(tracker_data, "train", train=False)
+        tracker_set = build_split(tracker_data, "train", train=False, feature_dim=width)
         tracker_loader = BatchLoader(  # in dataset order, also through workers
             tracker_set,
             batch_size=s.eval_batch_size,
@@ -200,6 +141,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
             collate_fn=collate,
             num_workers=cfg.data.num_workers,
             pin_memory=runtime.pins_memory,
+            generator=observer_generator(),  # snapshots never draw from training's RNG
         )
     dev_loader = None
     if dev_set is not None:
@@ -230,6 +172,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
         if translate:
             metrics, covered = run.evaluate_translation(dev_loader, tokenizer)
         if align:
+            run.check_weights("dev retrieval")
             sim = cfg.model.similarity
             found = evaluate_alignment(
                 net, dev_loader, sim.method, sim.tau, runtime.device, runtime.autocast
@@ -261,9 +204,9 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
                 trained = run.train_micro_batch(model, batch, batch_idx, compute_losses)
             out = tap.take() if trained else None
             if out is not None and trajectory is not None:
-                found = global_batch_similarity(out, batch["indices"], cfg, runtime)
                 planned = sampler.global_batches(run.epoch)[batch_idx]
-                _check_global_batch(found[0], planned, run.step)
+                sim_cfg, step = cfg.model.similarity, run.step
+                found = observe_global_batch(out, batch["indices"], planned, sim_cfg, step)
                 observed.append(found)
             del out
             outcome = run.finish_window(batch_idx)
@@ -284,6 +227,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
         if translate_now or align_now:
             dev_metrics = evaluate(translate_now, align_now)
         if tracker is not None and tracker.due(run.epoch):
+            run.check_weights("snapshot")
             tracker.snapshot(net, tracker_loader, run.epoch, runtime.device, runtime.autocast)
         run.checkpoint()
 

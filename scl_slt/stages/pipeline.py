@@ -151,17 +151,23 @@ class Pipeline:
                 "trajectory": [f"selection.pair_scores={scores['pair_scores']}"],
                 "visual_confusable": [f"selection.snapshot={ref['run_dir']}"],
             }.get(selection, [])
-            s1 = self.step(
-                f"{stage1_dir}",
-                self.train,
-                stage1_dir,
-                [
-                    "stage=contrastive",
-                    f"selection={selection}",
-                    *extra,
-                    f"stage.epochs={c.contrastive_epochs}",
-                ],
-            )
+            if selection == "random" and c.reference_epochs == c.contrastive_epochs:
+                # The reference run is this stage 1: the same config but for the tracker, which
+                # does not change training (docs/determinism.md); one stage-1 run saved.
+                s1 = ref
+                log.info("CL-SLT stage 1: the reference run %s (same budget)", ref["run_dir"])
+            else:
+                s1 = self.step(
+                    f"{stage1_dir}",
+                    self.train,
+                    stage1_dir,
+                    [
+                        "stage=contrastive",
+                        f"selection={selection}",
+                        *extra,
+                        f"stage.epochs={c.contrastive_epochs}",
+                    ],
+                )
             s2 = self.step(
                 f"{stage2_dir}",
                 self.train,

@@ -61,8 +61,9 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     init_checkpoint = stage1_tokenizer = None
     if s.init_from is not None:
         init_checkpoint, stage1_tokenizer = locate_checkpoint(s.init_from, "best")
-    train_set = build_split(cfg.data, "train")
-    dev_set = build_split(cfg.data, "dev") if s.eval_every > 0 else None
+    width = cfg.model.sign_embedding.feature_dim  # what feature files must hold (checked per file)
+    train_set = build_split(cfg.data, "train", feature_dim=width)
+    dev_set = build_split(cfg.data, "dev", feature_dim=width) if s.eval_every > 0 else None
     tokenizer = run_tokenizer(cfg, run_dir, train_set.texts, source_dir=stage1_tokenizer)
     collate = Collator(tokenizer)
     sampler = build_train_sampler(cfg, runtime, len(train_set))  # random batches

@@ -12,7 +12,8 @@ both lives here as functions and one small object:
   rank together), ``finish_window`` (the guarded optimizer step at a window's last micro-batch),
   ``after_step`` (the ``train`` record; the checkpoint of a stop request or ``stage.max_steps``),
   ``end_epoch`` and ``checkpoint``;
-* ``TrainRun.evaluate_translation``: dev BLEU, which picks the best checkpoint.
+* ``TrainRun.evaluate_translation``: dev BLEU, which picks the best checkpoint, after
+  ``TrainRun.check_weights`` (non-finite weights named instead of evaluated).
 
 Gradient-accumulation windows and bad batches are ``windows.py``; the records ``meters.py``.
 """
@@ -39,7 +40,16 @@ from ..rundir.layout import TOKENIZER_DIR
 from ..selection.build import build_batch_sampler
 from ..selection.samplers import SeededBatches
 from .meters import EpochTally, LossMeter, epoch_bar, log_train_step
-from .optim import GuardedStep, StepOutcome, build_optimizer, build_scheduler, schedule_steps
+from .optim import (
+    GuardedStep,
+    NonFiniteLossError,
+    StepOutcome,
+    build_optimizer,
+    build_scheduler,
+    check_weights,
+    largest_weight,
+    schedule_steps,
+)
 from .resume import LoopState, save_resumable
 from .run_context import RunContext
 from .runtime import (
@@ -160,7 +170,7 @@ def build_loop_state(
         net, optimizer, scheduler, s.grad_clip, s.nonfinite.value, s.max_nonfinite, device
     )
     manager = CheckpointManager(run_dir, s.keep_last, s.keep_best)
-    return LoopState(optimizer, scheduler, sampler, guard, manager)
+    return LoopState(optimizer, scheduler, sampler, guard, manager, LossMeter(device))
 
 
 def restore_or_start(
@@ -223,7 +233,7 @@ class TrainRun:
         self.epoch, self.step = position["epoch"], position["step"]
         self.start_batch = position["batch_in_epoch"]
         self.n_batches, self.accum = len(loop.sampler), cfg.stage.grad_accum
-        self.meter = LossMeter(runtime.device)
+        self.meter: LossMeter = loop.meter  # checkpointed with the loop state
         self.bad_batches = BadBatchRule(cfg.data.on_bad_sample, runtime)
         self.trained_params = [p for p in net.parameters() if p.requires_grad]
         self.last_checkpoint: Path | None = run_ctx.resume_from
@@ -307,6 +317,7 @@ class TrainRun:
         if outcome.stepped:
             for terms in self._window_terms:
                 self.meter.add(terms)
+            self.meter.stepped(outcome.grad_norm)
         self._window_terms = []
         return outcome
 
@@ -318,7 +329,7 @@ class TrainRun:
         lr_scheduler = self.loop.scheduler
         log_train_step(
             self.run_ctx.metrics, self.meter, self.step, s.log_every, self.epoch, lr_scheduler,
-            outcome.grad_norm, self._bar,
+            self._bar,
         )  # fmt: skip
         if not (outcome.stop_requested or reached_max_steps(s.max_steps, self.step)):
             return False
@@ -348,13 +359,36 @@ class TrainRun:
         self.last_checkpoint = save_resumable(self.loop.manager, self.step, self.net, state, meta)
         return self.last_checkpoint
 
+    def check_weights(self, what: str = "dev evaluation") -> None:
+        """Raise NonFiniteWeightsError naming the parameters and buffers that hold NaN/inf,
+        before ``what`` uses them (one pass over the weights, nothing beside an evaluation)."""
+        check_weights(self.net, f"{what} at step {self.step} (epoch {self.epoch})")
+
     def evaluate_translation(self, dev_loader: DataLoader, tokenizer: Any) -> tuple[dict, int]:
         """Dev BLEU-4/ROUGE-L, logged, offered to the checkpoint manager as a best-checkpoint
         candidate. Returns the metrics and how many dev samples they cover (fewer than the
-        split when samples failed to load in skip mode); the stage writes the ``dev`` record."""
+        split when samples failed to load in skip mode); the stage writes the ``dev`` record.
+
+        Non-finite weights stop it before decoding, named (``check_weights``). Finite weights
+        can still give non-finite outputs (a run diverged by a huge learning rate: every step
+        since skipped as non-finite); when the dev pass then fails inside decoding, the error
+        says so, with the guard's account of the skipped steps, chained to the original."""
         cfg, runtime = self.cfg, self.runtime
         generation, device, autocast = cfg.model.generation, runtime.device, runtime.autocast
-        rows = translate_loader(self.net, dev_loader, tokenizer, generation, device, autocast)
+        self.check_weights()
+        try:
+            rows = translate_loader(self.net, dev_loader, tokenizer, generation, device, autocast)
+        except FloatingPointError as err:  # beam search's non-finite logits
+            if self.guard.skipped_in_row == 0:
+                raise
+            name, top = largest_weight(self.net)
+            raise NonFiniteLossError(
+                f"dev evaluation at step {self.step} (epoch {self.epoch}) failed "
+                f"({type(err).__name__}: {err}) after {self.guard.describe_streak()}: the "
+                f"weights are finite (largest |weight| {top:.3g}, in {name}), but training's "
+                "forwards with them were not, and most likely neither were the dev outputs: "
+                "the run has diverged (lower stage.lr), or see the skipped steps' warnings"
+            ) from err
         metrics = score_rows(rows, cfg.data.language)
         log.info(
             "epoch %d dev: BLEU-4 %.2f ROUGE-L %.2f",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -74,15 +75,77 @@ def schedule_steps(
     return warmup, total
 
 
-# ------------------------------------------------------------------------ one guarded step
+# ------------------------------------------------------------------------ non-finite weights
 class NonFiniteLossError(FloatingPointError):
-    """A loss or gradient was NaN/inf; the message names the step, ranks and samples."""
+    """A loss or gradient was NaN/inf; the message names the step, its learning rate and
+    gradient norm, the last update, and the samples whose inputs are non-finite."""
 
 
+class NonFiniteWeightsError(FloatingPointError):
+    """Weights (or buffers) hold NaN/inf; the message names them and how many values are bad.
+
+    Skipping cannot help once weights are non-finite (every later forward is NaN), so this is
+    raised whatever ``stage.nonfinite`` says."""
+
+
+def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, int, int]]:
+    """``(name, non-finite values, values)`` of every floating tensor holding a NaN or inf
+    (one host sync for all of them)."""
+    tensors = [(n, t.detach()) for n, t in named if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return []
+    device = tensors[0][1].device
+    with torch.no_grad():
+        counts = [(~torch.isfinite(t)).sum().to(device) for _, t in tensors]
+        counts = torch.stack(counts).tolist()
+    return [(n, bad, t.numel()) for (n, t), bad in zip(tensors, counts) if bad]
+
+
+def describe_tensors(found: list[tuple[str, int, int]], limit: int = 5) -> str:
+    """``name (bad of total values non-finite), ...``, the first ``limit`` and how many more."""
+    shown = [f"{name} ({bad} of {total} values non-finite)" for name, bad, total in found[:limit]]
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return f"{len(found)} tensor(s): {', '.join(shown)}{more}"
+
+
+def largest_weight(model: nn.Module) -> tuple[str, float]:
+    """The parameter with the largest finite magnitude and that magnitude: how far a diverging
+    run has moved its weights (only on error paths: one pass over the weights)."""
+    named = [(n, p.detach()) for n, p in model.named_parameters() if p.numel()]
+    if not named:
+        return "", 0.0
+    device = named[0][1].device
+    with torch.no_grad():
+        tops = [t.float().abs().nan_to_num(0.0, 0.0, 0.0).max().to(device) for _, t in named]
+        values = torch.stack(tops).tolist()
+    best = max(range(len(values)), key=values.__getitem__)
+    return named[best][0], values[best]
+
+
+def check_weights(model: nn.Module, where: str) -> None:
+    """Raise NonFiniteWeightsError naming every parameter and floating buffer (BatchNorm's
+    running statistics decide eval-mode outputs) that holds a NaN or inf; ``where`` says what
+    was about to use them (a dev evaluation, a checkpoint being evaluated).
+
+    One pass over the weights: negligible beside the evaluation it guards."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    found = nonfinite_tensors(named)
+    if found:
+        raise NonFiniteWeightsError(
+            f"{where}: non-finite weights in {describe_tensors(found)}; the model cannot be "
+            "evaluated (a diverged run: see the non-finite steps in train.log)"
+        )
+
+
+def _norm_text(norm: float) -> str:
+    return f"{norm:.4g}" if math.isfinite(norm) else f"non-finite ({norm})"
+
+
+# ------------------------------------------------------------------------ one guarded step
 @dataclass
 class StepOutcome:
     stepped: bool  # False when the step was skipped (non-finite, skip mode)
-    grad_norm: float
+    grad_norm: float  # before clipping; nan when the window trained nothing
     stop_requested: bool  # some rank received SIGTERM/SIGINT
 
 
@@ -94,13 +157,27 @@ class GuardedStep:
     ``finish`` then makes one small all-reduce carrying (non-finite micro-batches, stop
     requests), so every rank takes the same decision:
 
-    - ``error`` mode: raise NonFiniteLossError on every rank, naming step, ranks and samples;
+    - ``error`` mode: raise NonFiniteLossError on every rank, naming step, learning rate,
+      gradient norm, the last update, ranks and samples;
     - ``skip`` mode: zero the gradients, do not step (optimizer or schedule), put the buffers
       the window's forwards changed (BatchNorm statistics) back, count; raise after
-      ``max_in_row`` consecutive skipped steps.
+      ``max_in_row`` consecutive skipped steps. The count is the guard's, so neither an epoch
+      boundary nor an evaluation resets it (only an update does), and it is checkpointed.
 
-    Sample names: a contrastive loss couples the whole batch, so a NaN loss implicates every
-    sample of its micro-batch; samples whose inputs are themselves non-finite are named apart.
+    Samples: a contrastive loss couples the whole batch, so a NaN loss implicates every sample
+    of its micro-batch and listing them all accuses innocents; only samples whose inputs are
+    themselves non-finite are named (or all of them when no inputs were given to check).
+
+    After each update the trainable weights' total norm is checked (one fused norm over the
+    parameters, like the gradient clipping's, and one host sync): an update from finite
+    gradients can still overflow the weights (a huge learning rate), and a skip cannot undo an
+    applied update, so NonFiniteWeightsError is raised in either mode, naming the parameters.
+    Checking every step names the update that did it. Measured on one CPU thread: 0.28 ms per
+    step for the 55k-parameter test model (its gradient clipping 0.28 ms, AdamW 2.4 ms, the
+    whole step ~8 ms), 1.9 ms for a 5.7M-parameter one (AdamW 19 ms, step ~110 ms). It reads
+    each weight once where AdamW reads and writes four tensors per weight, so at paper scale it
+    stays a small fraction of the optimizer step; its sync follows the one the gradient norm
+    already makes.
     """
 
     def __init__(
@@ -123,6 +200,7 @@ class GuardedStep:
         self.device = device
         self.skipped_in_row = 0
         self.skipped_total = 0
+        self.last_update: dict[str, float] | None = None  # step, lr, grad_norm of the last one
         self._window: list[tuple[torch.Tensor, list[str], torch.Tensor | None]] = []
         self._saved_buffers: list[torch.Tensor] = []
         self._save_buffers()
@@ -141,30 +219,36 @@ class GuardedStep:
         local_bad = [(names, x) for ok, (_, names, x) in zip(finite, self._window) if not ok]
         flags = torch.tensor([float(len(local_bad)), float(stop_requested)], device=self.device)
         bad_micro_batches, stops = dist_utils.all_reduce_sum(flags).tolist()
+        lr = float(self.optimizer.param_groups[0]["lr"])  # what this step uses
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         bad = bad_micro_batches > 0 or not math.isfinite(grad_norm)
-        window_names = [n for _, names, _ in self._window for n in names]
+        window = [(names, x) for _, names, x in self._window]
         self._window.clear()
         if not bad:
             self.optimizer.step()
+            self._check_update(step, lr, grad_norm)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_in_row = 0
+            self.last_update = {"step": step, "lr": lr, "grad_norm": grad_norm}
             self._save_buffers()
             return StepOutcome(True, grad_norm, stops > 0)
         self.optimizer.zero_grad(set_to_none=True)
-        report = self._report(local_bad, window_names, grad_norm)
+        loss_finite = bad_micro_batches == 0  # then the gradient alone is non-finite
+        what = "gradient" if loss_finite else "loss"
+        report = self._report(window if loss_finite else local_bad, lr, grad_norm, loss_finite)
         if self.mode != "skip":
-            raise NonFiniteLossError(f"non-finite loss at step {step}: {report}")
+            raise NonFiniteLossError(f"non-finite {what} at step {step}: {report}")
         with torch.no_grad():
             for buffer, saved in zip(self.model.buffers(), self._saved_buffers):
                 buffer.copy_(saved)
         self.skipped_in_row += 1
         self.skipped_total += 1
         log.warning(
-            "skipped step %d (non-finite, %d in a row, %d in total): %s",
+            "skipped step %d (non-finite %s, %d in a row, %d in total): %s",
             step,
+            what,
             self.skipped_in_row,
             self.skipped_total,
             report,
@@ -176,30 +260,92 @@ class GuardedStep:
             )
         return StepOutcome(False, grad_norm, stops > 0)
 
-    @staticmethod
+    def _check_update(self, step: int, lr: float, grad_norm: float) -> None:
+        """Raise NonFiniteWeightsError when this update left the trainable weights non-finite
+        (or so large that their norm overflows), naming them."""
+        weight_norm = float(torch.nn.utils.get_total_norm(self.params))
+        if math.isfinite(weight_norm):
+            return
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        found = nonfinite_tensors((names[id(p)], p) for p in self.params)
+        if found:
+            what = f"made {describe_tensors(found)}"
+        else:
+            name, top = largest_weight(self.model)
+            what = f"made the weights' norm overflow (largest |weight| {top:.3g} in {name})"
+        clip = f", clipped to {self.grad_clip:g}" if self.grad_clip > 0 else ""
+        raise NonFiniteWeightsError(
+            f"the update of step {step} (lr {lr:.3g}, gradient norm {grad_norm:.4g}{clip}) "
+            f"{what}; an applied update cannot be skipped, so training stops whatever "
+            "stage.nonfinite says: lower stage.lr or raise stage.warmup_epochs"
+        )
+
+    def describe_streak(self) -> str:
+        """How the current run of skipped steps came about (for errors raised elsewhere)."""
+        last = self.last_update
+        since = (
+            f"since the update of step {last['step']} (lr {last['lr']:.3g}, gradient norm "
+            f"{_norm_text(last['grad_norm'])})"
+            if last
+            else "(no update since this process started)"
+        )
+        return f"{self.skipped_in_row} step(s) in a row skipped as non-finite {since}"
+
     def _report(
-        local_bad: list[tuple[list[str], torch.Tensor | None]], window: list[str], norm: float
+        self,
+        bad: list[tuple[list[str], torch.Tensor | None]],
+        lr: float,
+        norm: float,
+        loss_finite: bool,
     ) -> str:
-        """Which ranks saw which samples go non-finite (collective: called on every rank)."""
-        mine = []
-        for names, inputs in local_bad:
-            entry = f"samples {names}"
-            if inputs is not None:
-                bad_rows = (~torch.isfinite(inputs.flatten(1))).any(1).tolist()
-                culprits = [n for n, b in zip(names, bad_rows) if b]
-                if culprits:
-                    entry += f" (non-finite inputs: {culprits})"
-            mine.append(entry)
+        """The step's learning rate, gradient norm and last update, then which ranks saw which
+        micro-batches go non-finite (collective: called on every rank). ``bad`` are this rank's
+        non-finite micro-batches, or, when every loss was finite but the gradient not
+        (``loss_finite``), all of the window's."""
+        described = [self._describe_micro_batch(names, inputs) for names, inputs in bad]
+        prefix = f"gradient norm {norm} over " if loss_finite else ""
+        mine = [(prefix + text, clean) for text, clean in described]
         per_rank = dist_utils.all_gather_object(mine)
-        parts = [f"rank {r}: {'; '.join(e)}" for r, e in enumerate(per_rank) if e]
-        if not parts:  # losses finite but gradients not: every sample of the window is suspect
-            windows = dist_utils.all_gather_object(window)
-            parts = [
-                f"rank {r}: gradient norm {norm} over samples {w}" for r, w in enumerate(windows)
-            ]
-        return "; ".join(parts)
+        parts = [
+            f"rank {r}: {'; '.join(text for text, _ in e)}" for r, e in enumerate(per_rank) if e
+        ]
+        last = self.last_update
+        previous = (
+            f"last update at step {last['step']} with lr {last['lr']:.3g} and gradient norm "
+            f"{_norm_text(last['grad_norm'])}"
+            if last
+            else "no update since this process started"
+        )
+        text = f"lr {lr:.3g}, gradient norm {_norm_text(norm)}, {previous}; {'; '.join(parts)}"
+        if all(clean for rank_entries in per_rank for _, clean in rank_entries):
+            name, top = largest_weight(self.model)
+            text += (
+                "; no input is non-finite, so the model itself produced the non-finite values "
+                f"(largest |weight| {top:.3g}, in {name}): a diverging run (too high a "
+                "stage.lr?) or a numerically unstable loss"
+            )
+        return text
+
+    @staticmethod
+    def _describe_micro_batch(names: list[str], inputs: torch.Tensor | None) -> tuple[str, bool]:
+        """One micro-batch, and whether its inputs were checked and found finite: the samples
+        with non-finite inputs by name; otherwise the batch as a whole (one loss over the batch,
+        coupling every sample in the contrastive term: none is a culprit by itself). Without
+        inputs to check, every name (the caller did not say which are innocent)."""
+        if inputs is None:
+            return f"samples {names} (inputs not checked)", False
+        bad_rows = (~torch.isfinite(inputs.flatten(1))).any(1).tolist()
+        culprits = [n for n, b in zip(names, bad_rows) if b]
+        if culprits:
+            return f"non-finite inputs: {culprits} (in a micro-batch of {len(names)})", False
+        text = (
+            f"all {len(names)} samples of a micro-batch implicated together (one loss over the "
+            "batch), none with non-finite inputs"
+        )
+        return text, True
 
     def state_dict(self) -> dict[str, int]:
+        """The counters; ``last_update`` only feeds messages and is not kept across a resume."""
         return {"skipped_in_row": self.skipped_in_row, "skipped_total": self.skipped_total}
 
     def load_state_dict(self, state: dict[str, int]) -> None:

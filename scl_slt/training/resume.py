@@ -130,6 +130,8 @@ class LoopState:
 
     A position ``{epoch, batch_in_epoch, step}`` says the next batch to train is
     ``batch_in_epoch`` of ``epoch``. bf16 autocast needs no gradient scaler: none is saved.
+    The loss window (``meters.LossMeter``: the sums since the last ``train`` record, one per
+    rank) is saved too, so a resumed run writes the same records as an uninterrupted one.
     """
 
     optimizer: torch.optim.Optimizer
@@ -137,8 +139,10 @@ class LoopState:
     sampler: Any
     guard: Any
     manager: CheckpointManager
+    meter: Any
 
     def state_dict(self, position: dict[str, int], config: dict, world_size: int) -> dict:
+        """Collective (every rank's loss window is gathered); the same dict on every rank."""
         return {
             **position,
             "optimizer": self.optimizer.state_dict(),
@@ -146,6 +150,7 @@ class LoopState:
             "sampler": self.sampler.state_dict(),
             "guard": self.guard.state_dict(),
             "best": self.manager.state_dict(),
+            "loss_window": dist_utils.all_gather_object(self.meter.state_dict()),
             "config": config,
             "world_size": world_size,
             "version": __version__,
@@ -168,5 +173,22 @@ class LoopState:
         self.sampler.load_state_dict(state["sampler"])
         self.guard.load_state_dict(state["guard"])
         self.manager.load_state_dict(state["best"])
+        self._restore_loss_window(state.get("loss_window"), weights_from, rank, world_size)
         restore_rng(state, rank, world_size, seed)
         return {k: int(state[k]) for k in ("epoch", "batch_in_epoch", "step")}
+
+    def _restore_loss_window(
+        self, windows: list[dict] | None, path: Path, rank: int, world_size: int
+    ) -> None:
+        """This rank's loss window; with another number of ranks all of it on rank 0 (the
+        record's mean needs only the totals); none in an older checkpoint (an empty meter)."""
+        if windows is None:
+            log.warning(
+                "checkpoint %s has no loss window (written by an older version): the first "
+                "train record after resuming averages only the steps trained from here",
+                path,
+            )
+        elif len(windows) == world_size:
+            self.meter.load_state_dict(windows[rank])
+        elif rank == 0:
+            self.meter.load_state_dict(self.meter.merged(windows))

@@ -254,6 +254,17 @@ class StopRequest:
         self._previous.clear()
 
 
+def observer_generator() -> torch.Generator:
+    """The random generator of a loader that only observes a run (evaluation, snapshots).
+
+    A DataLoader draws one number per epoch from its ``generator`` (its workers' base seed),
+    and without one from torch's global RNG, which belongs to training (dropout). Observers get
+    a generator of their own, so how often a run is evaluated or snapshotted never changes its
+    training (docs/determinism.md). Evaluation itself uses no randomness: the value is fixed.
+    """
+    return torch.Generator().manual_seed(0)
+
+
 # ------------------------------------------------------------------------------------ batches
 def batch_to_device(
     batch: dict[str, Any], device: torch.device

@@ -12,6 +12,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -94,8 +95,25 @@ def test_error_mode_stops_naming_the_sample_and_its_path(private, tmp_path):
     path.unlink()
     with pytest.raises(DataError) as err:
         _run(overrides, tmp_path, "stage.eval_every=0")  # data.on_bad_sample=error by default
-    message = str(err.value)
-    assert repr(name) in message and str(path) in message and "missing" in message
+    message = str(err.value)  # the start-up scan's, before the run directory exists
+    assert f"{name}  {path}  missing" in message and not (tmp_path / "run").exists()
+
+
+def test_a_feature_file_of_the_wrong_width_is_skipped_or_named(private, tmp_path):
+    """A valid .npy of the wrong width (26, 32) where 16 is expected. Before: in both modes the
+    first epoch died in the collator with "could not broadcast input array from shape (26,32)
+    into shape (26,16)", naming no file. Now skip mode trains without it, error mode names it."""
+    overrides, feature_file = private
+    name, path = feature_file("train", 5)
+    np.save(path, np.zeros((26, 32), dtype=np.float32))
+    result = _run(overrides, tmp_path, "data.on_bad_sample=skip", "stage.eval_every=0")
+    assert result["steps"] == 6
+    epochs = read_metrics(result["run_dir"], "train_epoch")
+    assert [r["bad_samples"] for r in epochs] == [1, 1]
+    with pytest.raises(DataError) as err:  # named by the start-up scan, before any training
+        _run(overrides, tmp_path / "error", "stage.eval_every=0")
+    assert f"{name}  {path}  bad: shape (26, 32), expected (T, 16)" in str(err.value)
+    assert not (tmp_path / "error" / "run").exists()
 
 
 def test_tracker_needs_every_sample_even_in_skip_mode(private, tmp_path):

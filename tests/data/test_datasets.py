@@ -7,6 +7,7 @@ generated frame folders stand in for the videos."""
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,70 @@ def test_collator_pads_with_zeros():
     expected[0, :3], expected[1] = 1.0, 2.0
     assert torch.equal(batch["inputs"], expected)
     assert Collator(CharTokenizer())([None, None]) is None
+
+
+# ------------------------------------------------------------------ feature shapes per sample
+def features_split(tmp_path, arrays: dict[str, np.ndarray], **kw) -> DataConfig:
+    """A GFSLT-style train split whose ``<name>.npy`` files hold ``arrays``."""
+    (tmp_path / "feats").mkdir()
+    for name, arr in arrays.items():
+        np.save(tmp_path / "feats" / f"{name}.npy", arr)
+    records = {n: {"name": n, "text": f"satz {n}", "length": 4} for n in arrays}
+    write_labels(tmp_path / "labels" / "labels.train", records)
+    return DataConfig(name="phoenix14t", layout=Layout.gfslt, modality=Modality.features,
+                      labels_dir=str(tmp_path / "labels"), feature_root=str(tmp_path / "feats"),
+                      **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("feature_dim", [None, 8])
+def test_a_feature_file_of_the_wrong_width_is_a_bad_sample_not_a_broken_batch(
+    tmp_path, feature_dim
+):
+    """Before: the (26, 4) file loaded, and the batch failed in the collator with numpy's
+    "could not broadcast input array from shape (26,4) into shape (26,8)", naming no file, in
+    skip mode too. Now it is a bad sample: skipped and counted, or an error naming file and
+    shape and where the expected width comes from."""
+    rng = np.random.default_rng(0)
+    arrays = {f"c{i}": rng.standard_normal((20 + i, 8)).astype(np.float32) for i in range(4)}
+    arrays["c2"] = np.ones((26, 4), dtype=np.float32)
+    cfg = features_split(tmp_path, arrays, on_bad_sample=BadSample.skip)
+    width = {} if feature_dim is None else {"feature_dim": feature_dim}  # None: as stages call it
+    dataset = build_split(cfg, "train", **width)
+    loader = DataLoader(dataset, batch_sampler=[[0, 1, 2, 3]], collate_fn=Collator(CharTokenizer()))
+    (batch,) = list(loader)
+    assert batch["names"] == ["c0", "c1", "c3"] and batch["inputs"].shape == (3, 23, 8)
+    assert dataset.bad_sample_count == 1
+
+    cfg.on_bad_sample = BadSample.error
+    dataset = build_split(cfg, "train", **width)
+    source = (
+        "model.sign_embedding.feature_dim"
+        if feature_dim
+        else f"the first good feature file {tmp_path / 'feats' / 'c0.npy'}"
+    )
+    with pytest.raises(DataError) as err:
+        dataset[2]
+    assert str(err.value) == (
+        f"train sample 2 'c2': feature file {tmp_path / 'feats' / 'c2.npy'}: shape (26, 4), "
+        f"expected (T, 8): width 8 from {source} (data.on_bad_sample=skip skips such samples)"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (np.ones((6, 8), dtype=np.int64), "dtype int64, expected floating point"),
+        (np.ones((0, 8), dtype=np.float32), "shape (0, 8): no rows"),
+        (np.ones(8, dtype=np.float32), "shape (8,), expected 2-D (T, 8)"),
+        (np.ones((2, 6, 8), dtype=np.float32), "shape (2, 6, 8), expected 2-D (T, 8)"),
+    ],
+)
+def test_feature_files_are_floating_point_2d_with_rows(tmp_path, bad, says):
+    arrays = {"good": np.ones((5, 8), dtype=np.float16), "bad": bad}
+    dataset = build_split(features_split(tmp_path, arrays), "train")
+    assert dataset[0]["inputs"].dtype == torch.float32  # float16 files load as float32
+    with pytest.raises(DataError, match=r"'bad': feature file .*bad\.npy: " + re.escape(says)):
+        dataset[1]
 
 
 # --------------------------------------------------------------------------------- configs

@@ -123,6 +123,53 @@ def test_cache_built_for_other_sizes_is_refused(tmp_path):
         build_frame_cache(other, tmp_path / "cache", splits=("train",))
 
 
+def _replace_clip(root, name: str, clip: np.ndarray) -> None:
+    """Store ``clip`` as the cached clip ``name`` and list its shape in the index, consistently."""
+    np.save(root / clip_relpath(name), clip)
+    index = json.loads((root / "index.json").read_text())
+    index["clips"][name] = [clip.shape[0], clip.shape[2], clip.shape[3]]
+    (root / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "clip, says",
+    [  # frames of another resize (a stale clip); no frames at all
+        (np.zeros((5, 3, 16, 16), np.uint8), "frames of 16x16, but the cache holds frames resized "
+         "to 24 (square); rebuild the clip"),
+        (np.zeros((0, 3, 24, 24), np.uint8), "no frames (index entry [0, 24, 24])"),
+    ],
+)  # fmt: skip
+def test_cached_clips_of_the_wrong_shape_are_bad_samples_naming_the_file(tmp_path, clip, says):
+    """Before: the 16x16 clip raised ConfigError("data.crop=20 is larger than the resized frames
+    (16x16)"), naming no file and not skipped in skip mode; the empty one loaded as a clip of
+    no frames. Now both are bad samples whose error names the clip file and its shape."""
+    cfg = make_dataset(tmp_path)
+    build_frame_cache(cfg, tmp_path / "cache", splits=("train",))
+    _replace_clip(tmp_path / "cache", "train/clip-b", clip)
+    cached = with_cache(cfg, tmp_path / "cache")
+    path = tmp_path / "cache" / clip_relpath("train/clip-b")
+    with pytest.raises(DataError) as err:
+        build_split(cached, "train", train=False)[1]
+    assert f"'train/clip-b': frame cache file {path}: {says}" in str(err.value)
+    cached.on_bad_sample = BadSample.skip
+    dataset = build_split(cached, "train")
+    assert dataset[0] is not None and dataset[1] is None and dataset.bad_sample_count == 1
+
+
+def test_a_rebuild_at_another_size_does_not_adopt_the_old_clips(tmp_path):
+    """With the index deleted, clip files of a 24 px build must not be adopted by a 16 px one
+    (before: adopted as [T, 24, 24], frames silently at the wrong scale)."""
+    cfg = make_dataset(tmp_path)
+    build_frame_cache(cfg, tmp_path / "cache", splits=("train",))
+    (tmp_path / "cache" / "index.json").unlink()
+    cfg.resize, cfg.crop = 16, 12
+    index = build_frame_cache(cfg, tmp_path / "cache", splits=("train",))
+    assert index["clips"] == {"train/clip-a": [9, 16, 16], "train/clip-b": [5, 16, 16],
+                              "train/clip-c": [7, 16, 16]}  # fmt: skip
+    stored = np.load(tmp_path / "cache" / clip_relpath("train/clip-a"))
+    assert stored.shape == (9, 3, 16, 16)
+
+
 def test_clip_names_cannot_escape_the_cache():
     assert clip_relpath("train/x") == clip_relpath("train/x")
     for bad in ("../x", "/abs/x", ""):

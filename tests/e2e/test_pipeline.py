@@ -5,11 +5,16 @@ pipeline (the README's figure) is marked slow."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from conftest import TINY_OVERRIDES
 
 from scl_slt.pipeline import main
-from scl_slt.stages.pipeline import split_arguments, strategy_runs
+from scl_slt.rundir.checkpoint import load_weights, resolve_checkpoint
+from scl_slt.stages.pipeline import Pipeline, split_arguments, strategy_runs
 
 # An untrained (or collapsed) model on the synthetic test split scores BLEU-4 well under 5: it
 # emits one generic sentence for every clip. The floors below are far above that.
@@ -86,3 +91,24 @@ def test_pipeline_learns_and_writes_every_artifact(tmp_path, monkeypatch):
 def test_default_pipeline_reaches_readme_floor(tmp_path, monkeypatch):
     _, rows = _run(tmp_path, monkeypatch, [])
     assert rows["SCL-SLT"]["bleu4"] > FULL_BLEU4_FLOOR, rows
+
+
+def test_cl_slt_stage_1_is_the_reference_run_when_the_budgets_match(tmp_path, monkeypatch):
+    """With reference_epochs = contrastive_epochs the reference run serves as the random stage 1
+    (no 2-random run), and a random stage 1 trained on its own with the same budget ends with the
+    very same weights: the snapshots do not change training (docs/determinism.md)."""
+    argv = ["strategies=[random]", "reference_epochs=2", "contrastive_epochs=2",
+            "translate_epochs=1", "interval=1", "stage.eval_every=0", *TINY_OVERRIDES]  # fmt: skip
+    out, rows = _run(tmp_path, monkeypatch, argv)
+    assert set(rows) == {"CL-SLT"} and not (out / "2-random").exists()
+    stage2 = yaml.safe_load((out / "3-translate-random" / "config.yaml").read_text())
+    assert Path(stage2["stage"]["init_from"]).resolve() == (out / "1-reference").resolve()
+
+    cfg, overrides = split_arguments([f"out_dir={out}", *argv])
+    separate = Pipeline(cfg, overrides).train(
+        "random-stage-1", ["stage=contrastive", "selection=random", "stage.epochs=2"]
+    )
+    reference = load_weights(resolve_checkpoint(out / "1-reference", "last"))
+    alone = load_weights(separate["last_checkpoint"])
+    assert reference.keys() == alone.keys()
+    assert all(torch.equal(reference[k], alone[k]) for k in reference)

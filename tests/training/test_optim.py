@@ -158,3 +158,116 @@ def test_skip_mode_puts_batchnorm_statistics_back():
     outcome = guard.finish(step=0, stop_requested=False)
     assert not outcome.stepped
     assert all(torch.equal(b, a) for b, a in zip(model.buffers(), before))
+
+
+# ------------------------------------------------ round 2: messages name causes, not innocents
+def test_error_message_states_lr_and_norm_and_names_only_nonfinite_inputs():
+    model, *_, guard = _guarded()
+    x = torch.randn(3, 3)
+    loss = model(x).sum() * float("nan")  # one loss over the batch: all three are implicated
+    guard.observe(loss, ["a", "b", "c"], x)
+    loss.backward()
+    with pytest.raises(NonFiniteLossError) as err:
+        guard.finish(step=4, stop_requested=False)
+    message = str(err.value)
+    assert message.startswith("non-finite loss at step 4: lr 0.1, gradient norm non-finite (nan)")
+    assert "all 3 samples of a micro-batch implicated together" in message
+    assert "'a'" not in message and "'b'" not in message  # innocents are not listed
+    assert "the model itself produced the non-finite values" in message
+
+    x[1, 2] = float("inf")
+    loss = model(x).sum()
+    guard.observe(loss, ["a", "b", "c"], x)
+    loss.backward()
+    with pytest.raises(NonFiniteLossError) as err:
+        guard.finish(step=5, stop_requested=False)
+    message = str(err.value)
+    assert "non-finite inputs: ['b'] (in a micro-batch of 3)" in message
+    assert "'a'" not in message and "model itself" not in message
+
+
+def test_message_recalls_the_last_update():
+    model, *_, guard = _guarded(mode="skip", max_in_row=3)
+    loss = model(torch.randn(2, 3)).pow(2).sum()
+    guard.observe(loss, ["s0", "s1"])
+    loss.backward()
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+    assert guard.finish(step=7, stop_requested=False).stepped
+    loss = model(torch.randn(2, 3)).sum() * float("nan")
+    guard.observe(loss, ["s2", "s3"])
+    loss.backward()
+    guard.finish(step=8, stop_requested=False)
+    assert guard.describe_streak() == (
+        f"1 step(s) in a row skipped as non-finite since the update of step 7 (lr 0.1, "
+        f"gradient norm {norm:.4g})"
+    )
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_update_that_overflows_the_weights_is_named_in_either_mode(mode):
+    from scl_slt.training.optim import NonFiniteWeightsError
+
+    model, opt, _, guard = _guarded(mode=mode, clip=0.0)
+    loss = model(torch.ones(1, 3)).sum()
+    guard.observe(loss, ["x"])
+    loss.backward()
+    model.weight.grad.fill_(1e18)  # finite gradient (norm ~1.7e18) ...
+    opt.param_groups[0]["lr"] = 1e30  # ... times a huge lr: the weights overflow to -inf
+    with pytest.raises(NonFiniteWeightsError) as err:
+        guard.finish(step=3, stop_requested=False)
+    assert str(err.value).startswith(
+        "the update of step 3 (lr 1e+30, gradient norm 1.732e+18) made 1 tensor(s): weight "
+        "(3 of 3 values non-finite)"
+    )
+
+
+def test_check_weights_names_every_nonfinite_parameter_and_buffer():
+    from scl_slt.training.optim import NonFiniteWeightsError, check_weights, nonfinite_tensors
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    check_weights(model, "clean")  # nothing to say
+    with torch.no_grad():
+        model[0].weight[1, :2] = float("nan")
+        model[2].bias[0] = float("-inf")
+        model[1].running_var[3] = float("inf")
+    # Plain reference: every floating tensor of the state dict, counted one value at a time.
+    expected = []
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = sum(1 for v in tensor.flatten().tolist() if not math.isfinite(v))
+            if bad:
+                expected.append((name, bad, tensor.numel()))
+    named = [*model.named_parameters(), *model.named_buffers()]
+    assert sorted(nonfinite_tensors(named)) == sorted(expected)
+    with pytest.raises(NonFiniteWeightsError) as err:
+        check_weights(model, "dev evaluation")
+    assert str(err.value).startswith(
+        "dev evaluation: non-finite weights in 3 tensor(s): 0.weight (2 of 12 values "
+        "non-finite), 2.bias (1 of 2 values non-finite), 1.running_var (1 of 4 values "
+        "non-finite)"
+    )
+
+
+def test_loss_window_round_trip_and_merge_match_plain_means():
+    from scl_slt.training.meters import LossMeter
+
+    steps = [{"loss": 2.0, "ce": 1.5}, {"loss": 4.0, "ce": 0.5}, {"loss": 9.0, "ce": 3.0}]
+    straight = LossMeter(torch.device("cpu"))
+    first, second = LossMeter(torch.device("cpu")), LossMeter(torch.device("cpu"))
+    for i, values in enumerate(steps):
+        tensors = {k: torch.tensor(v) for k, v in values.items()}
+        straight.add(tensors)
+        (first if i < 2 else second).add(tensors)
+    straight.stepped(0.25)
+    first.stepped(0.25)
+    restored = LossMeter(torch.device("cpu"))
+    restored.load_state_dict(first.state_dict())  # a resume after step 2 ...
+    restored.add({k: torch.tensor(v) for k, v in steps[2].items()})  # ... then step 3
+    restored.stepped(0.25)
+    plain = {k: sum(s[k] for s in steps) / len(steps) for k in steps[0]}
+    assert restored.grad_norm == 0.25
+    assert restored.means() == pytest.approx(plain) == straight.means()
+    merged = LossMeter(torch.device("cpu"))  # two ranks' windows resumed on one
+    merged.load_state_dict(LossMeter.merged([first.state_dict(), second.state_dict()]))
+    assert merged.count == 3 and merged.means() == pytest.approx(plain)
+    assert merged.count == 0 and merged.grad_norm is None  # means() starts a new window

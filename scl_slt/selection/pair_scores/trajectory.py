@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from ...config import ConfigError, DataConfig, SimilarityConfig, SimilarityMethod
 from ...data.labels import labels_path, read_labels
 from ...data.synthetic.generate import ensure_synthetic
 from ...models import all_pairs
 from ...rundir.atomic import write_json_atomic
+from ...rundir.layout import CONFIG_FILE, read_run_config
 from ..tracker import Snapshot, names_hash, snapshots_dir
 from ..trajectory import (
     DeltaMethod,
@@ -68,15 +68,13 @@ class Precision(str, Enum):
 
 
 # ------------------------------------------------------------------------- the run's config
-def read_run_config(run_dir: Path) -> DictConfig | None:
-    """The run's ``config.yaml`` (None when it has none); the one place scoring reads it."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
+def scored_run_config(run_dir: Path) -> DictConfig | None:
+    """The run's saved config (``rundir.layout.read_run_config``, the one reader) as an Omega
+    config, or None when the run has no ``config.yaml`` (scoring then uses the defaults)."""
     try:
-        return OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the run config: {e}") from e
+        return OmegaConf.create(read_run_config(run_dir))
+    except FileNotFoundError:
+        return None
 
 
 def similarity_settings(
@@ -229,8 +227,8 @@ def score_run(
             f"{snapshots_dir(run_dir)} holds {len(snapshots)} complete snapshot(s); a trajectory "
             "needs at least two (the run must be tracked past its first interval)"
         )
-    run_config = read_run_config(run_dir)
-    method, tau = similarity_settings(run_config, run_dir / "config.yaml")
+    run_config = scored_run_config(run_dir)
+    method, tau = similarity_settings(run_config, run_dir / CONFIG_FILE)
     epochs = [s.epoch for s in snapshots]
     n = snapshots[0].num_samples
     log.info(
