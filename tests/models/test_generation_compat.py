@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import FEATURE_DIM, TEXTS, train_tokenizer
 
 from scl_slt.config import DataConfig, ModelConfig, SignEmbeddingConfig
 from scl_slt.models.builder import build_model
@@ -29,18 +30,11 @@ from scl_slt.models.slt import CACHE_KEYWORD, beam_search, new_kv_cache, reorder
 from scl_slt.models.tokenizer import SLTTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-TEXTS = [
-    "im süden können gewitter auftreten",
-    "und nun die wettervorhersage für morgen",
-    "morgen regen im norden",
-    "am tag vierzehn grad",
-]
-FEATURE_DIM = 6
 
 
 @pytest.fixture(scope="module")
 def tok() -> SLTTokenizer:
-    return SLTTokenizer.train(TEXTS, "de", "de_DE", vocab_size=60)
+    return train_tokenizer()
 
 
 def sharp_model(tok, eos_bias: float = 1.0, decoder_layers: int = 1):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tiny_models import FEATURE_DIM, TEXTS, train_tokenizer
 
 from scl_slt.config import DataConfig, ModelConfig, SignEmbeddingConfig
 from scl_slt.models.builder import build_model, count_parameters
@@ -24,18 +25,10 @@ from scl_slt.models.sign_embedding import (
 from scl_slt.models.slt import beam_search
 from scl_slt.models.tokenizer import SLTTokenizer
 
-TEXTS = [
-    "im süden können gewitter auftreten",
-    "und nun die wettervorhersage für morgen",
-    "morgen regen im norden",
-    "am tag vierzehn grad",
-]
-FEATURE_DIM = 6
-
 
 @pytest.fixture(scope="module")
 def tok() -> SLTTokenizer:
-    return SLTTokenizer.train(TEXTS, "de", "de_DE", vocab_size=60)
+    return train_tokenizer()
 
 
 def tiny_cfg(lora=False, freeze_text=True, method="cico", pretrained="none") -> ModelConfig:
