@@ -162,6 +162,12 @@ class ModelConfig:
     init_std: float = 0.02  # tiny MBart weight init (MBartConfig.init_std); tiny.yaml: 0.1
     dropout: float = 0.1
     freeze_text_encoder: bool = True
+    # Speed options (models/speed_options.py), off by default; each matches the plain path to
+    # float tolerance (tests/models/test_speed_options.py). Activation checkpointing: the MBart
+    # layers and the ResNet stages keep only their inputs for backward and recompute the rest
+    # (less memory, ~1/3 more compute). channels_last: ResNet-18 weights and frames in NHWC.
+    activation_checkpointing: bool = False
+    channels_last: bool = False
     sign_embedding: SignEmbeddingConfig = field(default_factory=SignEmbeddingConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
@@ -240,6 +246,16 @@ class NonFinite(str, Enum):
     skip = "skip"
 
 
+class OptimizerImpl(str, Enum):
+    """How AdamW runs its update (training/optim.py); all give the same update to float
+    rounding, foreach the very same on the CPU (tests/training/test_optimizer_impl.py)."""
+
+    auto = "auto"  # fused on CUDA, foreach elsewhere
+    foreach = "foreach"  # one multi-tensor op per step phase
+    fused = "fused"  # one fused kernel (CUDA; the CPU from torch 2.4)
+    plain = "plain"  # a loop over the parameters (torch's default on the CPU)
+
+
 @dataclass
 class StageConfig:
     name: StageName = StageName.contrastive
@@ -266,6 +282,8 @@ class StageConfig:
     log_every: int = 10
     max_steps: Optional[int] = None  # stop early (smoke tests)
     sync_batchnorm: bool = False  # global-batch BN: temporal BN on any backend, ResNet's on CUDA
+    optimizer_impl: OptimizerImpl = OptimizerImpl.auto
+    compile: bool = False  # torch.compile the MBart layers and ResNet stages (models/speed_options)
 
 
 @dataclass

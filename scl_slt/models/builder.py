@@ -21,6 +21,7 @@ from transformers import MBartConfig
 from ..config import DataConfig, LoraConfig, Modality, ModelConfig
 from .sign_embedding import resnet18_weights
 from .slt import SignTranslationModel, SpecialTokens
+from .speed_options import apply_speed_options
 from .tokenizer import SLTTokenizer, restoration_map
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,67 @@ def tiny_mbart_config(model_cfg: ModelConfig, tokenizer: SLTTokenizer) -> MBartC
     )
 
 
+# mBART-large-50's published architecture (facebook/mbart-large-50's config.json): the model
+# `model.mbart_path` loads, here to build it without its weights (benchmarks, sizing, tests).
+MBART_LARGE_50 = {
+    "d_model": 1024,
+    "encoder_layers": 12,
+    "decoder_layers": 12,
+    "encoder_attention_heads": 16,
+    "decoder_attention_heads": 16,
+    "encoder_ffn_dim": 4096,
+    "decoder_ffn_dim": 4096,
+    "max_position_embeddings": 1024,
+    "activation_function": "gelu",
+    "scale_embedding": True,
+}
+MBART_LARGE_50_VOCAB = 250_054
+
+
+def mbart_large_50_config(
+    tokenizer: SLTTokenizer, vocab_size: int | None = None, dropout: float = 0.1
+) -> MBartConfig:
+    """mBART-large-50's architecture with `tokenizer`'s special ids and a vocabulary of
+    `vocab_size` rows (default the tokenizer's; 250,054 is mBART-50's full one, a trimmed
+    model keeps a few thousand: ``vocab_trim.py``)."""
+    vocab_size = tokenizer.vocab_size if vocab_size is None else vocab_size
+    if vocab_size < tokenizer.vocab_size:
+        raise ValueError(
+            f"vocab_size {vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}"
+        )
+    return MBartConfig(
+        vocab_size=vocab_size,
+        dropout=dropout,
+        pad_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        decoder_start_token_id=tokenizer.eos_id,
+        **MBART_LARGE_50,
+    )
+
+
+def build_paper_scale_model(
+    model_cfg: ModelConfig,
+    modality: Modality | str,
+    tokenizer: SLTTokenizer,
+    vocab_size: int | None = None,
+) -> SignTranslationModel:
+    """The paper's architecture (mBART-large-50 dimensions, `model_cfg`'s sign embedding, LoRA,
+    similarity head and speed options) with random weights, nothing read from disk: what
+    `build_model` gives with `model.mbart_path`, before the pretrained weights are copied in.
+    Timing and memory do not depend on the weights' values."""
+    config = mbart_large_50_config(tokenizer, vocab_size, model_cfg.dropout)
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    return assemble_model(config, model_cfg, modality, special)
+
+
 def assemble_model(
     config: MBartConfig, model_cfg: ModelConfig, modality: Modality | str, special: SpecialTokens
 ) -> SignTranslationModel:
     """The model with random weights, LoRA and freezing applied (works on the meta device)."""
     model = _new_model(config, model_cfg, modality, special)
     apply_lora(model, model_cfg.lora)
+    apply_speed_options(model, model_cfg.activation_checkpointing, model_cfg.channels_last)
     return model
 
 
@@ -226,6 +282,7 @@ def build_model(
         if weights is not None:
             model.sign_embedding.load_backbone(weights)
     apply_lora(model, model_cfg.lora)
+    apply_speed_options(model, model_cfg.activation_checkpointing, model_cfg.channels_last)
     log_parameter_counts(model)
     return model
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..config import Modality, SignEmbeddingConfig
 from ..data.frames import normalise_frames
 from ..distributed import all_reduce_sum_with_grad
+from .speed_options import resnet_features
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,15 @@ def resnet18_weights(spec: str) -> dict[str, Tensor] | None:
 
 
 class SignEmbedding(nn.Module):
-    """Clips -> (B, T', D) sign features, T' = ceil(ceil(T / 2) / 2), with lengths and mask."""
+    """Clips -> (B, T', D) sign features, T' = ceil(ceil(T / 2) / 2), with lengths and mask.
+
+    ``checkpoint_backbone`` and ``channels_last`` (plain attributes, not in the state dict; set
+    by ``speed_options.apply_speed_options`` from ``model.activation_checkpointing`` and
+    ``model.channels_last``): recompute the ResNet's activations in backward, and feed it NHWC
+    frames (its weights converted there)."""
+
+    checkpoint_backbone: bool = False
+    channels_last: bool = False
 
     def __init__(self, cfg: SignEmbeddingConfig, modality: Modality | str, out_dim: int):
         super().__init__()
@@ -270,7 +279,12 @@ class SignEmbedding(nn.Module):
                     output_size=frames.shape[0],  # no device sync
                 )
             frames = normalise_frames(frames, colour)  # (N_valid, 3, H, W) float32
-        feats = self.backbone(frames)  # (N_valid, 512)
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)  # NHWC in memory
+        if self.checkpoint_backbone:
+            feats = resnet_features(self.backbone, frames, checkpointed=True)  # (N_valid, 512)
+        else:
+            feats = self.backbone(frames)  # (N_valid, 512)
         out = feats.new_zeros(*mask.shape, feats.shape[-1])  # (B, T, 512)
         out[mask] = feats
         return out

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from .builder import load_pretrained_mbart, load_pretrained_tokenizer
-from .tokenizer import SLTTokenizer, restoration_map
+from .tokenizer import MBART50_LANG_CODES, SPECIAL_TOKENS, SLTTokenizer, restoration_map
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,25 @@ class TrimError(RuntimeError):
     """Trimming would lose or change text, or the inputs cannot be trimmed."""
 
 
+# mBART-50's added tokens, which a trimmed vocabulary always keeps: <s> <pad> </s> <unk>, the 52
+# language codes and <mask>
+MBART50_ADDED_TOKENS = len(SPECIAL_TOKENS) + len(MBART50_LANG_CODES) + 1
+
+
 # ---------------------------------------------------------------------------- tokenizer
+def estimate_kept_tokens(texts: Sequence[str], language: str) -> int:
+    """The size of the trimmed vocabulary of `texts` when mBART-50's tokenizer is not at hand
+    (``kept_token_ids`` gives the exact one): their distinct words (characters for ``zh``)
+    plus the tokens always kept. An estimate: SentencePiece pieces are not words. A rare
+    compound splits into pieces (more tokens), common stems and endings are shared (fewer);
+    Chinese pieces often span several characters (more)."""
+    if language == "zh":
+        units = {char for text in texts for char in text if not char.isspace()}
+    else:
+        units = {word for text in texts for word in text.split()}
+    return len(units) + MBART50_ADDED_TOKENS
+
+
 def kept_token_ids(backend: Tokenizer, texts: Sequence[str]) -> list[int]:
     """Old ids to keep, ascending: every id the texts encode to, plus all special tokens."""
     used: set[int] = set()

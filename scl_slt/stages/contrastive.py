@@ -159,6 +159,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
         runtime,
         find_unused_parameters=cfg.loss.translation_weight == 0,
         sync_batchnorm=s.sync_batchnorm,
+        compile_model=s.compile,
     )  # DDP around net (changed in place); net stays the model itself
 
     def due(every: int, epoch: int) -> bool:

@@ -86,7 +86,9 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
 
     # ---- resume (RNG restored last) or start
     run = TrainRun.start(cfg, runtime, run_ctx, stop, net, sampler)
-    model = wrap_for_training(net, runtime, sync_batchnorm=s.sync_batchnorm)  # DDP around net
+    model = wrap_for_training(  # DDP around net (changed in place)
+        net, runtime, sync_batchnorm=s.sync_batchnorm, compile_model=s.compile
+    )
 
     def evaluate() -> dict[str, Any]:
         metrics, covered = run.evaluate_translation(dev_loader, tokenizer)

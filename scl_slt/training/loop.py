@@ -161,7 +161,7 @@ def build_loop_state(
     """Optimizer, warmup/decay schedule, guarded step and checkpoint manager of a stage, built
     from ``cfg.stage`` for ``net`` (already on ``device``) and the sampler's batches per epoch."""
     s = cfg.stage
-    optimizer = build_optimizer(net, s.lr, s.weight_decay)
+    optimizer = build_optimizer(net, s.lr, s.weight_decay, s.optimizer_impl.value)
     warmup_steps, total_steps = schedule_steps(
         len(sampler), s.grad_accum, s.epochs, s.warmup_epochs
     )

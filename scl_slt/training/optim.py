@@ -31,11 +31,35 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def optimizer_flags(impl: str, device: torch.device) -> dict[str, bool]:
+    """AdamW's ``foreach`` / ``fused`` arguments for ``stage.optimizer_impl`` on ``device``.
+
+    ``auto`` is fused on CUDA and foreach elsewhere. On the CPU foreach gives the very update of
+    the plain loop (torch's CPU default), bit for bit; fused differs by float rounding (~1e-8 on
+    weights of order 1). On CUDA torch's default was already foreach; fused replaces its
+    per-phase kernels with one kernel per step, again equal to rounding
+    (tests/training/test_optimizer_impl.py)."""
+    if impl == "auto":
+        impl = "fused" if device.type == "cuda" else "foreach"
+    flags = {"foreach": {"foreach": True}, "fused": {"fused": True}, "plain": {"foreach": False}}
+    if impl not in flags:
+        raise ValueError(f"stage.optimizer_impl: auto | foreach | fused | plain, got {impl!r}")
+    return flags[impl]
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, impl: str = "auto"
+) -> torch.optim.AdamW:
+    """AdamW over ``parameter_groups``; ``impl`` is ``stage.optimizer_impl`` (``optimizer_flags``),
+    resolved for the device of the trainable parameters."""
     groups = parameter_groups(model, weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("build_optimizer: the model has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=lr)
+    flags = optimizer_flags(impl, next(p.device for g in groups for p in g["params"]))
+    try:
+        return torch.optim.AdamW(groups, lr=lr, **flags)
+    except RuntimeError as e:  # fused on a device (or torch) without the kernel
+        raise ValueError(f"stage.optimizer_impl={impl}: {e}") from e
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

@@ -36,13 +36,17 @@ from .runtime import rng_state, seed_everything, set_rng_state
 log = logging.getLogger(__name__)
 
 # Keys that may change between an interrupted run and its resumption: where things live, how
-# the run is observed, and when it stops. Everything else changes what is trained and refuses.
+# the run is observed, how fast it runs, and when it stops. Everything else changes what is
+# trained and refuses.
 RESUME_FREE_KEYS = (
     *("run_dir", "resume", "device", "precision", "model.mbart_path", "model.tokenizer_path"),
     *("data.num_workers", "data.root", "data.labels_dir", "data.feature_root", "data.frame_root"),
     *("data.frame_cache", "data.synthetic.cache_dir", "model.generation", "stage.eval_every"),
     *("stage.eval_batch_size", "stage.keep_last", "stage.keep_best", "stage.average_best"),
     *("stage.nonfinite", "stage.max_nonfinite", "stage.log_every", "stage.max_steps"),
+    # how fast, not what: the same training to float tolerance (models/speed_options.py)
+    *("stage.optimizer_impl", "stage.compile", "model.activation_checkpointing"),
+    "model.channels_last",
 )
 
 

@@ -20,6 +20,7 @@ import torch
 from .. import distributed as dist_utils
 from ..config import ConfigError
 from ..models.sign_embedding import MaskedBatchNorm1d
+from ..models.speed_options import compile_regions
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,12 @@ def wrap_for_training(
     runtime: Runtime,
     find_unused_parameters: bool = False,
     sync_batchnorm: bool = False,
+    compile_model: bool = False,
 ) -> torch.nn.Module:
     """DDP around ``model`` when running distributed (the model itself otherwise).
+
+    ``compile_model`` (``stage.compile``) compiles the model's layers in place first
+    (``speed_options.compile_regions``): parameter names, hence checkpoints, are unchanged.
 
     BatchNorm statistics are per rank by default (each GPU normalises over its share of the
     batch). ``sync_batchnorm`` takes them over the global batch instead: the masked temporal
@@ -130,6 +135,8 @@ def wrap_for_training(
     process group is initialised, so the flag is harmless in one process), and the ResNet-18's
     plain BatchNorm becomes torch's SyncBatchNorm on CUDA only (it has no gloo/CPU kernel).
     """
+    if compile_model:
+        log.info("stage.compile: %d regions compiled in place", compile_regions(model))
     if sync_batchnorm:
         synced = _sync_masked_batchnorm(model)
         log.debug("sync_batchnorm: %d masked temporal BatchNorm layers synchronised", synced)

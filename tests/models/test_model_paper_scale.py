@@ -32,14 +32,20 @@ import torch
 from transformers import MBartConfig, MBartForConditionalGeneration
 
 from scl_slt.config import Modality, ModelConfig
-from scl_slt.models.builder import assemble_model, count_parameters
+from scl_slt.models.builder import (
+    assemble_model,
+    build_paper_scale_model,
+    count_parameters,
+    mbart_large_50_config,
+)
 from scl_slt.models.slt import SpecialTokens
+from scl_slt.models.tokenizer import SLTTokenizer
 
 D, FFN, VOCAB, POSITIONS, LAYERS, HEADS = 1024, 4096, 250_054, 1024, 12, 16
 HIDDEN, PROJ, RANK = 1024, 256, 16
 
 
-def mbart_large_50_config() -> MBartConfig:
+def mbart_large_50_config_ref() -> MBartConfig:
     return MBartConfig(
         vocab_size=VOCAB,
         d_model=D,
@@ -115,7 +121,9 @@ def expected_counts() -> dict[str, int]:
 def paper_model():
     special = SpecialTokens(pad_id=1, eos_id=2, lang_id=250_003, suppressed=(0, 1, 3, 250_003))
     with torch.device("meta"):
-        return assemble_model(mbart_large_50_config(), paper_model_cfg(), Modality.frames, special)
+        return assemble_model(
+            mbart_large_50_config_ref(), paper_model_cfg(), Modality.frames, special
+        )
 
 
 def test_stated_values_follow_from_the_formula():
@@ -146,10 +154,29 @@ def test_paper_scale_parameter_counts(paper_model):
 
 def test_mbart_parts_are_mbart_large_50_plus_one_encoder(paper_model):
     with torch.device("meta"):
-        hf = MBartForConditionalGeneration(mbart_large_50_config())
+        hf = MBartForConditionalGeneration(mbart_large_50_config_ref())
     hf_total = sum(p.numel() for p in hf.parameters())  # tied LM head counted once
     assert hf_total == 610_879_488
     counts = count_parameters(paper_model)["submodules"]
     ours = sum(counts[k]["total"] for k in ("visual_encoder", "text_encoder", "decoder"))
     extra_encoder = counts["text_encoder"]["total"]  # the frozen copy, with its token table
     assert ours - expected_counts()["lora"] == hf_total + extra_encoder
+
+
+def test_builder_builds_the_same_architecture_without_weights():
+    """``builder.build_paper_scale_model`` (random weights, nothing read; the benchmark's
+    model) gives mBART-large-50's dimensions and exactly the counts derived above."""
+    tokenizer = SLTTokenizer.train(["regen im norden", "sonne im süden"], "de", "de_DE", 40)
+    ours, reference = mbart_large_50_config(tokenizer, VOCAB), mbart_large_50_config_ref()
+    for key in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_ffn_dim"):
+        assert getattr(ours, key) == getattr(reference, key), key
+    for key in ("decoder_ffn_dim", "encoder_attention_heads", "decoder_attention_heads"):
+        assert getattr(ours, key) == getattr(reference, key), key
+    assert ours.max_position_embeddings == POSITIONS and ours.scale_embedding
+    with torch.device("meta"):
+        model = build_paper_scale_model(paper_model_cfg(), Modality.frames, tokenizer, VOCAB)
+    counts = count_parameters(model)
+    assert counts["total"] == 1_048_414_273
+    assert counts["trainable"] == expected_counts()["trainable"]
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        mbart_large_50_config(tokenizer, 10)

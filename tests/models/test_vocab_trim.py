@@ -12,7 +12,14 @@ from scl_slt.config import DataConfig, ModelConfig, SignEmbeddingConfig
 from scl_slt.data.labels import write_labels
 from scl_slt.models.builder import build_model, build_tokenizer, load_pretrained_mbart
 from scl_slt.models.tokenizer import MBART50_LANG_CODES, SLTTokenizer
-from scl_slt.models.vocab_trim import TrimError, trim_backend, trim_mbart, verify_trimmed
+from scl_slt.models.vocab_trim import (
+    MBART50_ADDED_TOKENS,
+    TrimError,
+    estimate_kept_tokens,
+    trim_backend,
+    trim_mbart,
+    verify_trimmed,
+)
 from scl_slt.trim_vocab import main as trim_main
 
 CORPUS = {
@@ -226,3 +233,9 @@ def test_vocabulary_mismatch_and_missing_model_are_clear_errors(mbart_dir, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="(?s)nothing is downloaded.*hf download"):
         load_pretrained_mbart("scl-slt-tests/no-such-model")
+
+
+def test_estimate_without_the_tokenizer_counts_words_or_characters_plus_kept_specials():
+    assert MBART50_ADDED_TOKENS == 57  # <s> <pad> </s> <unk>, 52 language codes, <mask>
+    assert estimate_kept_tokens(["regen im norden", "im süden"], "de") == 4 + 57
+    assert estimate_kept_tokens(["今天天气很好", "今天 好"], "zh") == 5 + 57  # 今天气很好
