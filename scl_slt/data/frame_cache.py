@@ -63,9 +63,14 @@ def convert_clip(
     return clip.shape[0], clip.shape[2], clip.shape[3]
 
 
+def _one_thread() -> None:
+    """A pool worker converts one clip at a time on one thread (the workers are the parallelism);
+    set in the workers only, never in the calling process."""
+    torch.set_num_threads(1)
+
+
 def _convert_task(task: tuple[str, dict, str, str, int, str]) -> tuple[str, list[int] | None, str]:
     name, record, frame_root, root, resize, mode = task
-    torch.set_num_threads(1)
     try:
         paths = clip_frame_paths(record, Path(frame_root))
         shape = convert_clip(paths, Path(root) / clip_relpath(name), resize, ResizeMode(mode))
@@ -142,7 +147,9 @@ def build_frame_cache(
     if workers > 0:
         # fork where available (as DataLoader workers): spawn re-imports torch in every worker
         methods = multiprocessing.get_all_start_methods()
-        pool = multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
+        pool = multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(
+            workers, initializer=_one_thread
+        )
         results = pool.imap_unordered(_convert_task, tasks, chunksize=2)
     else:
         pool, results = None, map(_convert_task, tasks)
