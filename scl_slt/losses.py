@@ -113,6 +113,26 @@ def contrastive_loss(
     return scaled + (global_loss - scaled).detach()
 
 
+def output_contrastive_loss(
+    out: Any,
+    method: SimilarityMethod | str,
+    tau: float,
+    text_keys: Sequence[Any] | Tensor | None = None,
+) -> Tensor:
+    """``contrastive_loss`` of a model output's projections (``ModelOutput``: ``video_proj``,
+    ``text_proj``, their masks and ``logit_scale``), in fp32 whatever the autocast dtype."""
+    return contrastive_loss(
+        out.video_proj.float(),  # (B, Tv, d)
+        out.video_proj_mask,
+        out.text_proj.float(),  # (B, Lt, d)
+        out.text_proj_mask,
+        out.logit_scale.float(),
+        method,
+        tau,
+        text_keys=text_keys,
+    )
+
+
 def translation_loss(
     logits: Tensor, text_ids: Tensor, text_mask: Tensor, label_smoothing: float = 0.2
 ) -> Tensor:

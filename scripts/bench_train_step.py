@@ -52,7 +52,7 @@ from scl_slt.config import ModelConfig, compose_config  # noqa: E402
 from scl_slt.data.batching import Collator  # noqa: E402
 from scl_slt.data.frames import normalise_frames  # noqa: E402
 from scl_slt.data.labels import read_labels  # noqa: E402
-from scl_slt.losses import contrastive_loss, translation_loss  # noqa: E402
+from scl_slt.losses import output_contrastive_loss, translation_loss  # noqa: E402
 from scl_slt.models import builder  # noqa: E402
 from scl_slt.models.speed_options import apply_speed_options, compile_regions  # noqa: E402
 from scl_slt.models.tokenizer import MBART50_LANG_CODES, SLTTokenizer  # noqa: E402
@@ -197,15 +197,7 @@ def train_step(variant: Variant, samples, stage: str, collator, device, clip: fl
         out = model(inputs, lengths, ids, mask, with_text=stage == "1", colour=colour)
         loss = translation_loss(out.logits, ids, mask, 0.2)
     if stage == "1":
-        loss = loss + contrastive_loss(
-            out.video_proj.float(),
-            out.video_proj_mask,
-            out.text_proj.float(),
-            out.text_proj_mask,
-            out.logit_scale.float(),
-            "cico",
-            0.07,
-        )
+        loss = loss + output_contrastive_loss(out, "cico", 0.07)
     clock.lap("forward")
     loss.backward()
     del out, loss

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from scl_slt.config import Modality
-from scl_slt.losses import contrastive_loss, translation_loss
+from scl_slt.losses import output_contrastive_loss, translation_loss
 from scl_slt.models.speed_options import RESNET_STAGES, transformer_layers
 
 GIB = 2**30
@@ -151,15 +151,7 @@ def rest_bytes(variant, stage: str, batch: int, frames: int, tokens: int, tokeni
             out = model(inputs, lengths, ids, mask, with_text=stage == "1")
             loss = translation_loss(out.logits, ids, mask, 0.2)
         if stage == "1":
-            loss = loss + contrastive_loss(
-                out.video_proj.float(),
-                out.video_proj_mask,
-                out.text_proj.float(),
-                out.text_proj_mask,
-                out.logit_scale.float(),
-                "cico",
-                0.07,
-            )
+            loss = loss + output_contrastive_loss(out, "cico", 0.07)
     del out, loss
     return total[0]
 

@@ -73,16 +73,8 @@ def compute_losses(
     if translation is not None:
         terms["translation"] = translation
     sim = cfg.model.similarity
-    terms["contrastive"] = losses.contrastive_loss(
-        out.video_proj.float(),  # (B, Tv, d)
-        out.video_proj_mask,
-        out.text_proj.float(),  # (B, Lt, d)
-        out.text_proj_mask,
-        out.logit_scale.float(),
-        sim.method,
-        sim.tau,
-        text_keys=batch["texts"] if w.mask_duplicate_texts else None,
-    )
+    keys = batch["texts"] if w.mask_duplicate_texts else None
+    terms["contrastive"] = losses.output_contrastive_loss(out, sim.method, sim.tau, keys)
     if w.signcl_weight > 0:
         terms["signcl"] = signcl_term(out, text_mask, w)
     loss = w.contrastive_weight * terms["contrastive"]

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from scl_slt.config import DataConfig, ModelConfig, SignEmbeddingConfig
-from scl_slt.losses import contrastive_loss, translation_loss
+from scl_slt.losses import output_contrastive_loss, translation_loss
 from scl_slt.models.builder import build_model
 from scl_slt.models.speed_options import apply_speed_options, compile_regions
 from scl_slt.models.tokenizer import SLTTokenizer
@@ -78,15 +78,7 @@ def stage1_loss(model, data, autocast_dtype=None):
     ):
         out = model(frames, lengths, ids, mask, colour=colour)
         translation = translation_loss(out.logits, ids, mask, 0.2)
-    contrastive = contrastive_loss(
-        out.video_proj.float(),
-        out.video_proj_mask,
-        out.text_proj.float(),
-        out.text_proj_mask,
-        out.logit_scale.float(),
-        "cico",
-        0.07,
-    )
+    contrastive = output_contrastive_loss(out, "cico", 0.07)
     return contrastive + translation
 
 
