@@ -179,8 +179,11 @@ class SelectionName(str, Enum):
     random = "random"
     trajectory = "trajectory"
     text_semantic = "text_semantic"
-    visual_confusable = "visual_confusable"
+    visual_curriculum = "visual_curriculum"  # reference snapshot's visual similarity, curriculum
+    san = "san"  # per-anchor hard negatives in the sign-embedding space (hard_negatives.py)
     online_trajectory = "online_trajectory"
+    # Renamed (visual_curriculum or san): kept so old run configs still load; training refuses it.
+    visual_confusable = "visual_confusable"
 
 
 class Schedule(str, Enum):
@@ -207,20 +210,59 @@ class SelectionConfig:
     schedule: Schedule = Schedule.log  # alpha = schedule((epoch + 1) / epochs), 0-based epoch
     pair_scores: Optional[str] = None  # N x N fp16 .npy written by scl_slt.score
     pool_size: Optional[int] = None  # sample this many candidates per pick (off by default)
+    # No two samples with exactly equal target text in one global batch, every sample still once
+    # per epoch (any selection; selection/samplers.py DistinctTargets). loss.mask_duplicate_texts
+    # instead keeps such pairs in the batch and only drops them from the contrastive softmax.
+    distinct_targets: bool = False
     # text_semantic: scores from target-sentence similarity (scl_slt/selection/pair_scores/text.py)
     text_method: TextScoreMethod = TextScoreMethod.tfidf
     text_model_path: Optional[str] = None  # local sentence-embedding model dir (embedding)
-    # visual_confusable: a reference run's snapshot folder (epoch-NNNN, or snapshots/ = latest)
+    # visual_curriculum: a reference run's snapshot folder (epoch-NNNN, or snapshots/ = latest)
     snapshot: Optional[str] = None
+    # san: a stage-1 run dir (its best, else last checkpoint) or a checkpoint dir to embed with
+    checkpoint: Optional[str] = None
+    hard_negatives_k: int = 3  # mined negatives per anchor
+    hard_negatives_candidates: int = 16  # M: each sample's precomputed neighbour list (>= k)
+    exclude_near_identical: bool = False  # also never pair targets with TF-IDF cosine >= 0.8
     # online_trajectory: per-pair EMA of in-batch similarity (scl_slt/selection/online.py)
     online_decay: float = 0.5  # weight of the previous average at each new observation
     online_dtype: OnlineDtype = OnlineDtype.float32  # state: 2 N^2 x 4 (or 2) bytes
+    # batch diagnostics (selection/diagnostics.py): one metrics.jsonl record per stage-1 epoch
+    diagnostics: bool = True
+    diagnostics_reference: Optional[str] = None  # a scored reference run: δ, S, category figures
 
 
 @dataclass
 class TrackerConfig:
     enabled: bool = False
     interval: int = 5  # epochs between snapshots (one is always taken before the first update)
+
+
+# ---------------------------------------------------------------------------------- retrieval
+class DuplicateTargets(str, Enum):
+    """How retrieval counts a candidate whose sentence is identical to the query's true one
+    (scl_slt/eval/retrieval.py). exclude is the default: it neither rewards a model for a
+    look-alike (hit) nor punishes it for a tie no text-side model can break (miss)."""
+
+    hit = "hit"  # an identical sentence counts as a correct answer
+    miss = "miss"  # only the true pair is correct; identical sentences are ordinary negatives
+    exclude = "exclude"  # identical-sentence candidates (other than the true one) are removed
+
+
+@dataclass
+class RetrievalConfig:
+    """The retrieval protocol of stage 1's dev retrieval and of evaluate (eval/retrieval.py)."""
+
+    duplicates: DuplicateTargets = DuplicateTargets.exclude
+    fine_k: int = 10  # fine-grained: the true item + the k TF-IDF-closest different sentences
+
+
+@dataclass
+class RetrievalOverrides:
+    """evaluate's retrieval settings; null keeps the evaluated run's ``retrieval.<key>``."""
+
+    duplicates: Optional[DuplicateTargets] = None
+    fine_k: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------ loss / stage
@@ -230,10 +272,13 @@ class LossConfig:
     translation_weight: float = 1.0
     label_smoothing: float = 0.2
     mask_duplicate_texts: bool = False  # drop off-diagonal pairs whose targets are identical
+    # (selection.distinct_targets keeps such pairs out of a batch instead: the batch is all used)
     signcl_weight: float = 0.0  # 0.01 enables SignCL
+    # SignCL's margin, in video frames: max(margin_min, frames / spoken words x ratio); negatives
+    # are frames more than 2 x margin apart (losses.signcl_loss converts it to feature steps)
     signcl_margin_min: float = 10.0
-    signcl_margin_ratio: float = 2.3
-    signcl_m: float = 64.0
+    signcl_margin_ratio: float = 2.3  # spoken words per gloss (the paper's Zipf factor)
+    signcl_m: float = 64.0  # hinge: negatives are pushed until this Euclidean distance
 
 
 class StageName(str, Enum):
@@ -300,6 +345,7 @@ class TrainConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
 
 @dataclass
@@ -315,6 +361,39 @@ class EvaluateConfig:
     out_dir: Optional[str] = None  # default: <run_dir>/eval/<checkpoint tag>/<split>
     device: str = "auto"
     precision: str = "auto"
+    retrieval: RetrievalOverrides = field(default_factory=RetrievalOverrides)  # null: the run's
+
+
+@dataclass
+class DenoisingConfig:
+    """mBART-style text pretraining of the tiny MBart (``models/text_pretrain.py``)."""
+
+    out_dir: str = "???"  # the folder model.mbart_path= loads (written whole at the end)
+    corpus: Optional[str] = None  # text file, one sentence per line; null: data's train texts
+    overwrite: bool = False  # replace a finished out_dir pretrained with other settings
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    mask_ratio: float = 0.35  # share of the words of a text inside masked spans
+    poisson_lambda: float = 3.5  # mean span length (words); a span becomes one <mask>
+    permute_sentences: bool = True  # shuffle the sentence order of a multi-sentence text
+    checkpoint_every: int = 250  # steps between resumable checkpoints in <out_dir>.work
+    log_every: int = 50
+    probe_sentences: int = 1000  # the check: sentences retrieved under noise
+    probe_pairs: int = 2000  # the check: pairs per kind (near-identical, random)
+
+
+@dataclass
+class PretrainTextConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: DenoisingConfig = field(default_factory=DenoisingConfig)
 
 
 def register_configs() -> None:
@@ -328,6 +407,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainConfig)
     cs.store(name="base_evaluate", node=EvaluateConfig)
+    cs.store(name="base_pretrain_text", node=PretrainTextConfig)
 
 
 # ------------------------------------------------------------------------------- composition

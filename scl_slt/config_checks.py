@@ -29,6 +29,7 @@ from .config import (
     DataConfig,
     Layout,
     Modality,
+    PretrainTextConfig,
     SelectionName,
     StageName,
     TextScoreMethod,
@@ -131,6 +132,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     # selection, tracker, loss
     "selection.pool_size": AT_LEAST_1,
     "selection.online_decay": PROBABILITY,
+    "selection.hard_negatives_k": AT_LEAST_1,
+    "selection.hard_negatives_candidates": AT_LEAST_1,
     "tracker.interval": AT_LEAST_1,
     "loss.contrastive_weight": NON_NEGATIVE,
     "loss.translation_weight": NON_NEGATIVE,
@@ -156,6 +159,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "stage.max_nonfinite": AT_LEAST_1,
     "stage.log_every": AT_LEAST_1,
     "stage.max_steps": AT_LEAST_1,
+    # retrieval protocol (eval/retrieval.py)
+    "retrieval.fine_k": AT_LEAST_1,
 }
 
 
@@ -176,9 +181,10 @@ def numeric_fields(schema: type = TrainConfig, prefix: str = "") -> dict[str, bo
     return found
 
 
-def _check_numbers(cfg: TrainConfig) -> None:
+def _check_numbers(cfg: Any, schema: type = TrainConfig, ranges: dict | None = None) -> None:
     """Each numeric setting finite and in its range (``NUMERIC_RANGES``)."""
-    for key, optional in numeric_fields().items():
+    ranges = NUMERIC_RANGES if ranges is None else ranges
+    for key, optional in numeric_fields(schema).items():
         value = functools.reduce(getattr, key.split("."), cfg)
         if value is None and optional:
             continue
@@ -187,7 +193,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
             key,
             f"must be a finite number, got {value}",
         )
-        allowed = NUMERIC_RANGES.get(key, ANY)
+        allowed = ranges.get(key, ANY)
         _check(value in allowed, key, f"must be {allowed.describe(optional)}, got {value!r}")
 
 
@@ -225,6 +231,11 @@ def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
         )
         if d.modality is Modality.features:
             _check(bool(d.feature_root), "data.feature_root", "features modality needs it")
+    _check(
+        m.name != "tiny_pretrained" or bool(m.mbart_path),
+        "model.mbart_path",
+        "model=tiny_pretrained needs the folder written by python -m scl_slt.pretrain_text",
+    )
     if not m.mbart_path:  # the tiny MBart's attention splits d_model into heads
         _check(
             m.d_model % m.attention_heads == 0,
@@ -256,6 +267,13 @@ def _reject_unknown_keys(cfg: Any, schema: Any, prefix: str = "") -> None:
         _check(key in schema, path, "unknown key (not in the config schema; misspelt?)")
         if isinstance(value, dict) and isinstance(schema[key], dict):
             _reject_unknown_keys(value, schema[key], f"{path}.")
+
+
+def _reject_missing(cfg: DictConfig) -> None:
+    """A ``???`` value left unset, named before ``to_object`` turns it into an error that does
+    not say which command line key to set."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    _check(not missing, missing[0] if missing else "", "a required value is not set (???)")
 
 
 def _check_path(value: str | None, key: str) -> None:
@@ -291,6 +309,8 @@ def _validate_engine(cfg: TrainConfig) -> None:
     for key in ("root", "labels_dir", "feature_root", "frame_root", "frame_cache"):
         _check_path(getattr(d, key), f"data.{key}")
     _check_path(cfg.selection.pair_scores, "selection.pair_scores")
+    if cfg.selection.diagnostics:
+        _check_path(cfg.selection.diagnostics_reference, "selection.diagnostics_reference")
     _validate_selection(cfg)
     _check_path(s.init_from, "stage.init_from")
     if cfg.resume not in ("none", "auto"):
@@ -307,16 +327,44 @@ def _validate_engine(cfg: TrainConfig) -> None:
 def _validate_selection(cfg: TrainConfig) -> None:
     """Fields of the selection strategies other than ``trajectory`` (stage 1 only)."""
     sel = cfg.selection
+    _check(
+        sel.name is not SelectionName.visual_confusable,
+        "selection.name",
+        "visual_confusable was renamed: visual_curriculum (the quantile curriculum over a "
+        "reference snapshot's visual similarity, as before) or san (per-anchor hard negatives "
+        "from a checkpoint's sign embeddings, same-target pairs excluded)",
+    )
     if cfg.stage.name is not StageName.contrastive:
         return
-    if sel.name is SelectionName.visual_confusable:
+    if sel.name is SelectionName.visual_curriculum:
         _check(
             bool(sel.snapshot),
             "selection.snapshot",
-            "selection=visual_confusable needs a reference run's snapshot folder (epoch-NNNN, "
+            "selection=visual_curriculum needs a reference run's snapshot folder (epoch-NNNN, "
             "its snapshots/ folder or the run folder)",
         )
         _check_path(sel.snapshot, "selection.snapshot")
+    if sel.name is SelectionName.san:
+        _check(
+            bool(sel.checkpoint),
+            "selection.checkpoint",
+            "selection=san needs a stage-1 run folder (its best, else last checkpoint) or a "
+            "checkpoint folder whose sign embeddings choose the hard negatives",
+        )
+        _check_path(sel.checkpoint, "selection.checkpoint")
+        _check(
+            sel.hard_negatives_candidates >= sel.hard_negatives_k,
+            "selection.hard_negatives_candidates",
+            f"must be >= selection.hard_negatives_k={sel.hard_negatives_k} (the neighbour list "
+            f"holds each anchor's candidates), got {sel.hard_negatives_candidates}",
+        )
+        _check(
+            not sel.distinct_targets,
+            "selection.distinct_targets",
+            "not available with selection=san: its mined negatives already have targets distinct "
+            "from the batch; its anchors come in random order (loss.mask_duplicate_texts masks "
+            "their duplicates in the loss)",
+        )
     if sel.name is SelectionName.text_semantic and sel.text_method is TextScoreMethod.embedding:
         _check(
             bool(sel.text_model_path),
@@ -324,3 +372,65 @@ def _validate_selection(cfg: TrainConfig) -> None:
             "selection.text_method=embedding needs a local sentence-embedding model folder",
         )
         _check_path(sel.text_model_path, "selection.text_model_path")
+
+
+# ------------------------------------------------------------------- python -m scl_slt.pretrain_text
+PRETRAIN_RANGES: dict[str, Range] = {
+    **{k: v for k, v in NUMERIC_RANGES.items() if k == "seed" or k.startswith(("data.", "model."))},
+    "pretrain.steps": AT_LEAST_1,
+    "pretrain.batch_size": AT_LEAST_1,
+    "pretrain.lr": POSITIVE,
+    "pretrain.weight_decay": NON_NEGATIVE,
+    "pretrain.warmup_steps": NON_NEGATIVE,
+    "pretrain.min_lr_ratio": SHARE,
+    "pretrain.grad_clip": Range(0, note="0 disables clipping"),
+    "pretrain.mask_ratio": Range(0, 1, open_high=True),
+    "pretrain.poisson_lambda": POSITIVE,
+    "pretrain.checkpoint_every": AT_LEAST_1,
+    "pretrain.log_every": AT_LEAST_1,
+    "pretrain.probe_sentences": Range(2),
+    "pretrain.probe_pairs": AT_LEAST_1,
+}
+
+
+def validate_pretrain_text(cfg: PretrainTextConfig | DictConfig) -> PretrainTextConfig:
+    """The text pretraining's config (``configs/pretrain_text.yaml``), checked before any work;
+    returns the typed object. Raises ConfigError naming the key."""
+    if isinstance(cfg, DictConfig):
+        schema = OmegaConf.to_container(OmegaConf.structured(PretrainTextConfig), resolve=False)
+        _reject_unknown_keys(OmegaConf.to_container(cfg, resolve=False), schema)
+        _reject_missing(cfg)
+        cfg = OmegaConf.to_object(cfg)
+    _check_numbers(cfg, PretrainTextConfig, PRETRAIN_RANGES)
+    p, d, m = cfg.pretrain, cfg.data, cfg.model
+    _check(bool(p.out_dir.strip()), "pretrain.out_dir", "must name a folder, got ''")
+    _check(
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None,
+        "device",
+        f"auto | cpu | cuda | cuda:N, got {cfg.device!r}",
+    )
+    _check(d.language in ("de", "zh"), "data.language", f"de | zh, got {d.language!r}")
+    _check(
+        not m.mbart_path and not m.tokenizer_path,
+        "model.mbart_path",
+        "pretraining builds the tiny MBart from model.* and trains its tokenizer (use model=tiny)",
+    )
+    _check(
+        m.d_model % m.attention_heads == 0,
+        "model.attention_heads",
+        f"must divide model.d_model={m.d_model}, got {m.attention_heads}",
+    )
+    _check(p.warmup_steps <= p.steps, "pretrain.warmup_steps", "must not exceed pretrain.steps")
+    if p.corpus:
+        _check(Path(p.corpus).expanduser().is_file(), "pretrain.corpus", f"no file {p.corpus}")
+    elif d.layout is Layout.synthetic:
+        check_synthetic(d.synthetic)
+    else:
+        _check(
+            any([d.root, d.labels_dir]),
+            "data.root",
+            f"dataset {d.name!r} needs data.root (or data.labels_dir), or set pretrain.corpus",
+        )
+        for key in ("root", "labels_dir"):
+            _check_path(getattr(d, key), f"data.{key}")
+    return cfg

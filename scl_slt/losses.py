@@ -156,38 +156,70 @@ def translation_loss(
     )
 
 
+def spoken_units(text: str, language: str) -> int:
+    """len(text) in SignCL's margin: spoken words for German (whitespace-separated tokens with a
+    letter or digit), characters for Chinese (letters and digits; punctuation and spaces
+    dropped). At least 1, so an empty sentence cannot divide by zero."""
+    if language == "zh":
+        units = sum(1 for c in text if c.isalnum())
+    else:
+        units = sum(1 for w in text.split() if any(c.isalnum() for c in w))
+    return max(1, units)
+
+
+def signcl_margin_frames(
+    video_frames: Tensor, text_units: Tensor, margin_min: float = 10.0, ratio: float = 2.3
+) -> Tensor:
+    """SignCL's margin in video frames (§4.1, A.2.1): max(margin_min, frames / words x ratio),
+    the estimated frames of one gloss (a gloss is ~2.3 spoken words). (B,) float."""
+    return torch.clamp(video_frames.double() / text_units.double() * ratio, min=margin_min)
+
+
 def signcl_loss(
     frame_features: Tensor,
     lengths: Tensor,
-    text_lengths: Tensor,
+    video_frames: Tensor,
+    text_units: Tensor,
     margin_min: float = 10.0,
     ratio: float = 2.3,
     m: float = 64.0,
 ) -> Tensor:
-    """SignCL frame-level contrastive loss (method §3), deterministic.
+    """SignCL frame-level contrastive loss (method §3), in the paper's units, deterministic.
 
-    frame_features (B, T, D) with `lengths` (B,) valid frames and `text_lengths` (B,) target
-    tokens. Per sample, margin = max(margin_min, length / text_length * ratio); positives are
-    adjacent frames (|s - p| = 1), negatives frames more than 2 * margin apart, d is Euclidean.
-    The paper samples one positive and one negative per anchor frame; instead of sampling we take
-    its expectation: for every valid anchor, the mean d over its positives plus the mean
-    max(0, m - d) over its negatives (an empty mean counts 0, e.g. no negative in a short clip),
-    averaged over the anchors of a sample and then over the samples.
+    frame_features (B, T, D) with ``lengths`` (B,) valid feature steps; ``video_frames`` (B,) the
+    clip's frames as loaded (before any temporal subsampling) and ``text_units`` (B,) its spoken
+    words (``spoken_units``: characters for Chinese).
+
+    The margin is the paper's, in video frames (``signcl_margin_frames``). It is converted to
+    feature steps here and only here: a clip's T' steps cover its F video frames, so one step is
+    F / T' frames (4 after the sign embedding's two stride-2 pools; more when the clip was
+    subsampled to data.max_frames), and ``margin_steps = margin_frames * T' / F``. Positives
+    are adjacent steps (|s - p| = 1, a few frames apart: the same sign); negatives are steps more
+    than 2 x margin apart. Cap (so that every clip of at least 3 steps, i.e. about 9 frames, less
+    than two signs, has negatives): 2 x margin_steps <= T' - 2, so at least the first and last
+    step form a negative pair. The paper samples one positive and one negative per anchor frame;
+    instead of sampling we take its expectation: for every valid anchor, the mean d over its
+    positives plus the mean max(0, m - d) over its negatives (an empty mean counts 0), averaged
+    over the anchors of a sample and then over the samples. d is Euclidean.
     """
     if frame_features.dim() != 3:
         raise ValueError(f"signcl_loss: expected (B, T, D), got {tuple(frame_features.shape)}")
     batch, frames, _ = frame_features.shape
-    if lengths.shape != (batch,) or text_lengths.shape != (batch,):
-        raise ValueError("signcl_loss: lengths and text_lengths must be (B,)")
-    if bool((lengths < 1).any()) or bool((text_lengths < 1).any()):
-        raise ValueError("signcl_loss: every sample needs >= 1 frame and >= 1 text token")
+    if any(t.shape != (batch,) for t in (lengths, video_frames, text_units)):
+        raise ValueError("signcl_loss: lengths, video_frames and text_units must be (B,)")
+    if bool((lengths < 1).any()) or bool((text_units < 1).any()):
+        raise ValueError("signcl_loss: every sample needs >= 1 feature step and >= 1 word")
+    if bool((video_frames < lengths).any()):
+        raise ValueError("signcl_loss: a clip has fewer video frames than feature steps")
     device = frame_features.device
     lengths = lengths.to(device)
-    text_lengths = text_lengths.to(device)
+    margin_frames = signcl_margin_frames(video_frames, text_units, margin_min, ratio).to(device)
+    # The one conversion from video frames to feature steps.
+    margin = margin_frames * lengths.double() / video_frames.to(device).double()  # (B,) steps
+    margin = torch.minimum(margin, (lengths.double() - 2).clamp(min=0) / 2)  # the cap
     dist = torch.cdist(
         frame_features, frame_features, compute_mode="donot_use_mm_for_euclid_dist"
     )  # (B, T, T)
-    margin = torch.clamp(lengths / text_lengths * ratio, min=margin_min)  # (B,)
     pos = torch.arange(frames, device=device)
     gap = (pos[:, None] - pos[None, :]).abs()  # (T, T)
     valid = pos[None, :] < lengths[:, None]  # (B, T)

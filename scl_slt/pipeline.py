@@ -19,8 +19,9 @@ too, so the table shows both rows from the same budget; when ``reference_epochs`
 change training: docs/determinism.md) and ``2-random`` is not trained. ``strategies=[...]`` runs steps 3-4 once per
 negative-selection strategy (``configs/selection/<name>.yaml``) on the same reference run and budget:
 ``trajectory`` (SCL, run dirs ``2-selective``/``3-translate``), ``random`` (``2-random``/
-``3-translate-random``) and the others as ``2-<name>``/``3-translate-<name>``; ``visual_confusable``
-mines its scores from the reference run's latest snapshot.
+``3-translate-random``) and the others as ``2-<name>``/``3-translate-<name>``; ``visual_curriculum``
+takes its scores from the reference run's latest snapshot, ``san`` its sign embeddings from the
+reference run's best (else last) checkpoint.
 """
 
 from __future__ import annotations

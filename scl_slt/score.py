@@ -1,7 +1,14 @@
 """Score a tracked reference run: all-pairs similarities per snapshot, pair scores, report.
 
-    python -m scl_slt.score run_dir=runs/reference [delta=slope] [threshold=per_snapshot] [device=cpu]
-        [precision=bf16]
+    python -m scl_slt.score run_dir=runs/reference [delta=endpoints|slope|span] [span_snapshots=K]
+        [start_epoch=E] [threshold=per_snapshot] [device=cpu] [precision=bf16]
+
+``delta`` (``selection/trajectory_window.py``): ``endpoints`` S^last - S^first (the paper's
+default), ``slope`` (least squares over the snapshots), ``span`` S^(t0 + K x interval) - S^t0
+with K = ``span_snapshots`` (the interval ablation's protocol: the tracker's interval sets the
+span δ covers). ``start_epoch``: trajectories start at the first snapshot at or after it (for a
+reference run whose first snapshot, at random initialisation, carries no spread; the scoring
+warns then).
 
 Writes ``<run_dir>/scores/S-epoch-NNNN.npy`` (one N x N similarity per snapshot, reused when an
 interrupted scoring is run again), ``pair_scores.npy`` (+ ``.json``), the delta the curriculum
@@ -22,8 +29,9 @@ from omegaconf import MISSING, OmegaConf
 from .config import ConfigError
 from .selection.pair_scores.trajectory import SCORES_DIRNAME, Precision, score_run
 from .selection.tracker import SNAPSHOTS_DIRNAME
-from .selection.trajectory import DeltaMethod, ThresholdMode
+from .selection.trajectory import ThresholdMode
 from .selection.trajectory_report import REPORT_DIRNAME
+from .selection.trajectory_window import DeltaMethod
 from .training.run_context import exit_code, failure_message
 
 
@@ -31,6 +39,8 @@ from .training.run_context import exit_code, failure_message
 class ScoreConfig:
     run_dir: str = MISSING  # a tracked reference run (holds snapshots/)
     delta: DeltaMethod = DeltaMethod.endpoints
+    span_snapshots: int | None = None  # K of delta=span (required there, refused elsewhere)
+    start_epoch: int = 0  # first snapshot used: the earliest at or after this epoch
     threshold: ThresholdMode = ThresholdMode.last_median
     device: str | None = None  # None: cuda when available, else cpu
     # products of the all-pairs scoring: auto = bf16 on CUDA, fp32 on CPU; bf16 also on a CPU
@@ -44,6 +54,16 @@ def parse_args(argv: list[str]) -> ScoreConfig:
     if OmegaConf.is_missing(cfg, "run_dir"):
         raise ConfigError("run_dir: required (python -m scl_slt.score run_dir=<tracked run>)")
     cfg = OmegaConf.to_object(cfg)
+    if cfg.start_epoch < 0:
+        raise ConfigError(f"start_epoch: must be >= 0, got {cfg.start_epoch}")
+    if cfg.delta is DeltaMethod.span and (cfg.span_snapshots is None or cfg.span_snapshots < 1):
+        raise ConfigError(
+            f"span_snapshots: delta=span needs span_snapshots >= 1, got {cfg.span_snapshots}"
+        )
+    if cfg.delta is not DeltaMethod.span and cfg.span_snapshots is not None:
+        raise ConfigError(
+            f"span_snapshots: applies to delta=span only (delta={cfg.delta.value} was given)"
+        )
     run_dir = Path(cfg.run_dir).expanduser()
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run_dir: no such folder: {run_dir}")
@@ -61,13 +81,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
-        path = score_run(cfg.run_dir, cfg.delta, cfg.threshold, cfg.device, cfg.precision)
+        path = score_run(
+            cfg.run_dir,
+            cfg.delta,
+            cfg.threshold,
+            cfg.device,
+            cfg.precision,
+            start_epoch=cfg.start_epoch,
+            span_snapshots=cfg.span_snapshots,
+        )
     except Exception as e:
         print(failure_message(e), file=sys.stderr)
         return exit_code(e)
     run_dir = Path(cfg.run_dir)
     report = run_dir / REPORT_DIRNAME
     summary = json.loads((report / "summary.json").read_text())
+    window = summary["window"]
+    print(
+        f"delta={window['delta']}: snapshots of epochs {window['epochs_used']} "
+        f"(first {window['first_epoch']:g}, last {window['last_epoch']:g})"
+    )
+    spread = summary["first_snapshot_spread"]
+    if spread["low_spread"] or spread["one_sided"]:
+        share = spread["first_high_share"]
+        print(
+            f"warning: the first snapshot's negatives have std {spread['first']['std']:.4g} "
+            f"(the last's {spread['last']['std']:.4g})"
+            + ("" if share is None else f", {100 * share:.1f} % of the pairs start H")
+            + f"; {spread['advice']}"
+        )
     print("category shares over negative pairs:")
     for name, share in summary["shares"].items():
         print(f"  {name}: {100 * share:5.1f} %")

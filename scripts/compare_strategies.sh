@@ -11,7 +11,8 @@
 #   2-selective / 3-translate  trajectory (SCL, the paper's curriculum over pair_scores.npy)
 #   2-random / 3-translate-random                  shuffled batches (CL)
 #   2-text_semantic / 3-translate-text_semantic    TF-IDF similarity of the target sentences
-#   2-visual_confusable / ...                      the reference run's visual confusability (SAN)
+#   2-visual_curriculum / ...                      curriculum over the reference snapshot's visual similarity
+#   2-san / 3-translate-san                        SAN: per-anchor hard negatives, reference checkpoint's sign embeddings
 #   2-online_trajectory / ...                      in-run EMA trajectories (no reference run)
 # The stage-1 runs are then evaluated on test (Hydra multirun over the run dirs): translation
 # metrics, retrieval R@K / median rank and SDR go into <run>/eval/best/test/metrics.json.
@@ -21,9 +22,12 @@
 #   PYTHON [python]  SEEDS ["0 1 2"]  DEVICE [cpu]
 #   EXPERIMENT [tiny_hard]  configs/experiment/<name>.yaml for every training run; tiny_hard is
 #       the tiny model on harder synthetic data (the default data saturates retrieval at 100 %)
-#   STRATEGIES ["trajectory random text_semantic visual_confusable online_trajectory"]
+#   STRATEGIES ["trajectory random text_semantic visual_curriculum san online_trajectory"]
 #   REFERENCE_EPOCHS [6]  INTERVAL [2]  CONTRASTIVE_EPOCHS [12]  TRANSLATE_EPOCHS [12]
 #   EVAL_EVERY [4]  EXTRA [""] (more Hydra overrides for every training run)
+#   BASELINE [0]  1: also the end-to-end baseline (stage=translate from scratch, TRANSLATE_EPOCHS)
+#       per seed in OUT_DIR/baseline/seed<S>, evaluated on test, so the report has the component
+#       table's baseline / CL-SLT / SCL-SLT rows (with "random" and "trajectory" in STRATEGIES)
 #   SCL_SLT_CACHE [OUT_DIR/cache]  where the synthetic data is generated
 set -euo pipefail
 
@@ -37,12 +41,13 @@ PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"0 1 2"}
 DEVICE=${DEVICE:-cpu}
 EXPERIMENT=${EXPERIMENT:-tiny_hard}
-STRATEGIES=${STRATEGIES:-"trajectory random text_semantic visual_confusable online_trajectory"}
+STRATEGIES=${STRATEGIES:-"trajectory random text_semantic visual_curriculum san online_trajectory"}
 REFERENCE_EPOCHS=${REFERENCE_EPOCHS:-6}
 INTERVAL=${INTERVAL:-2}
 CONTRASTIVE_EPOCHS=${CONTRASTIVE_EPOCHS:-12}
 TRANSLATE_EPOCHS=${TRANSLATE_EPOCHS:-12}
 EVAL_EVERY=${EVAL_EVERY:-4}
+BASELINE=${BASELINE:-0}
 read -r -a EXTRA_OVERRIDES <<<"${EXTRA:-}"
 export SCL_SLT_CACHE=${SCL_SLT_CACHE:-$OUT/cache}
 read -r -a STRATEGY_LIST <<<"$STRATEGIES"
@@ -76,6 +81,25 @@ if ((${#runs[@]})); then
     checkpoint=best "device=$DEVICE" "hydra.sweep.dir=$OUT/.sweeps/evaluate"
 fi
 
+if [[ $BASELINE == 1 ]]; then
+  echo "== baseline end-to-end (translation only, TRANSLATE_EPOCHS, Hydra multirun over seeds)"
+  todo=()
+  for seed in $SEEDS; do
+    [[ -f "$OUT/baseline/seed$seed/eval/best/test/metrics.json" ]] || todo+=("$seed")
+  done
+  if ((${#todo[@]})); then
+    "$PYTHON" -m scl_slt.train -m "experiment=$EXPERIMENT" "seed=$(IFS=,; echo "${todo[*]}")" \
+      stage=translate "stage.epochs=$TRANSLATE_EPOCHS" "stage.eval_every=$EVAL_EVERY" \
+      "device=$DEVICE" resume=auto "run_dir=$OUT/baseline/seed\${seed}" \
+      "hydra.sweep.dir=$OUT/.sweeps/baseline" "${EXTRA_OVERRIDES[@]}"
+    for seed in "${todo[@]}"; do
+      "$PYTHON" -m scl_slt.evaluate "run_dir=$OUT/baseline/seed$seed" split=test checkpoint=best \
+        "device=$DEVICE"
+    done
+  fi
+fi
+
 echo "== report"
-"$PYTHON" -m scl_slt.report "$OUT/seed*" --out "$OUT/report"
+"$PYTHON" -m scl_slt.report "$OUT/seed*" $([[ $BASELINE == 1 ]] && echo "$OUT/baseline") \
+  --out "$OUT/report"
 echo "wall time of this invocation: $((SECONDS - START)) s; report in $OUT/report"

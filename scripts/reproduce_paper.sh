@@ -10,7 +10,7 @@
 # `experiment=<name> data=<dataset> runs_root=OUT_DIR`, so the runs chain through their config
 # paths: OUT_DIR/<dataset>/seed<S>/<run> (row of the component table in brackets):
 #   reference   experiment=reference  random contrastive stage, snapshots every 5 epochs  [w/ CL]
-#   (scoring)   python -m scl_slt.score -> reference/pair_scores.npy
+#   (scoring)   python -m scl_slt.score delta=$DELTA -> reference/pair_scores.npy
 #   scl         experiment=scl        selective contrastive stage (log schedule, CiCo)    [w/ SCL]
 #   scl-slt     experiment=translate  translation from scl                                 [SCL-SLT]
 #   cl-slt      experiment=cl_slt     translation from reference                           [CL-SLT]
@@ -23,9 +23,15 @@
 #   schedule-{hard_only,easy_only,linear,sqrt}  experiment=schedule_*  (log is scl)
 #   interval-{1,10}     experiment=interval_*    from reference-interval-{1,10} (5 is scl)
 #   similarity-{cls,mean}  experiment=similarity_*  from reference-{cls,mean} (CiCo is scl)
-# Note: with DELTA=endpoints (the paper's default, and this script's) the pair scores use only
-# the first and the last snapshot, so the interval cannot change them; set DELTA=slope (for every
-# run of this script) for an interval ablation that can differ.
+# The interval references are scored with INTERVAL_DELTA [span] and SPAN_SNAPSHOTS [4]:
+# delta=span gives δ = S^(4 x interval) - S^0 (epochs 0-4 at interval 1, 0-40 at interval 10), so
+# the interval sets the span of training δ covers (selection/trajectory_window.py). Under
+# delta=endpoints (DELTA, the paper's default) only the first and last snapshot enter and the
+# interval rows would be re-runs of scl. A run shorter than SPAN_SNAPSHOTS x interval epochs
+# stops the scoring with an error naming span_snapshots (e.g. a smoke run with EXTRA
+# stage.epochs=2: set INTERVAL_DELTA=endpoints there). Caution: the interval table's "5" row is
+# the scl run, whose δ is DELTA over the whole run, not a span: read rows 1 and 10 against each
+# other, and each reference's pair_scores.json ("window") for the protocol of its row.
 #
 # Environment (defaults in brackets):
 #   PHOENIX14T_ROOT, CSL_DAILY_ROOT (or *_LABELS / *_FRAMES / *_FRAME_CACHE): read by
@@ -38,6 +44,7 @@
 #       e.g. phoenix14t_features for pre-extracted features (runs still go to OUT_DIR/phoenix14t,
 #       which follows data.name; name it in ABLATION_DATASETS too for its ablations)
 #   SEEDS ["0 1 2"]  DELTA [endpoints]  ABLATIONS [1]  ABLATION_DATASETS [phoenix14t]
+#   INTERVAL_DELTA [span]  SPAN_SNAPSHOTS [4]: scoring of the interval references (see above)
 #   NPROC [1]: GPUs per run (torch.distributed.run, DDP; then runs go one by one instead of as a
 #       Hydra multirun); the global batch stays 16 / 8.
 #   PYTHON [python]  EXTRA [""]: more Hydra overrides for every training run (they come last and
@@ -71,6 +78,8 @@ SEEDS=${SEEDS:-"0 1 2"}
 ABLATIONS=${ABLATIONS:-1}
 ABLATION_DATASETS=${ABLATION_DATASETS:-phoenix14t}
 DELTA=${DELTA:-endpoints}
+INTERVAL_DELTA=${INTERVAL_DELTA:-span}
+SPAN_SNAPSHOTS=${SPAN_SNAPSHOTS:-4}
 NPROC=${NPROC:-1}
 read -r -a EXTRA_OVERRIDES <<<"${EXTRA:-}"
 SEED_LIST=$(echo "$SEEDS" | tr -s ' ' ',' | sed 's/^,//; s/,$//')
@@ -95,12 +104,18 @@ sweep() {
 }
 
 # score_references: pair scores (and the trajectory report) of every reference run that has
-# none yet. Run dirs follow <runs_root>/<data.name>/seed<S>/, so they are found by pattern.
+# none yet; the interval references with INTERVAL_DELTA (span: SPAN_SNAPSHOTS), the others with
+# DELTA. Run dirs follow <runs_root>/<data.name>/seed<S>/, so they are found by pattern.
 score_references() {
-  local run
+  local run protocol
   for run in "$OUT"/*/seed*/reference "$OUT"/*/seed*/ablation/reference-*; do
     [[ -f "$run/config.yaml" && ! -f "$run/pair_scores.npy" ]] || continue
-    "$PYTHON" -m scl_slt.score "run_dir=$run" "delta=$DELTA"
+    protocol=("delta=$DELTA")
+    if [[ $run == */ablation/reference-interval-* ]]; then
+      protocol=("delta=$INTERVAL_DELTA")
+      [[ $INTERVAL_DELTA != span ]] || protocol+=("span_snapshots=$SPAN_SNAPSHOTS")
+    fi
+    "$PYTHON" -m scl_slt.score "run_dir=$run" "${protocol[@]}"
   done
 }
 

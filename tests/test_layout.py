@@ -23,6 +23,8 @@ COMMANDS = {
     "scl_slt.report.__main__",
     "scl_slt.metrics",
     "scl_slt.trim_vocab",
+    "scl_slt.pretrain_text",
+    "scl_slt.diagnose",
 }
 MAX_LINES = 450
 MAX_STAGE_LINES = 300

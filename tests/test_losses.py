@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from scl_slt.losses import contrastive_loss, signcl_loss, translation_loss
+from scl_slt.losses import contrastive_loss, signcl_loss, spoken_units, translation_loss
 from scl_slt.models.similarity import pairwise_similarity
 
 TAU = 0.07
@@ -130,11 +131,19 @@ def test_translation_loss_matches_explicit_label_smoothing():
     torch.testing.assert_close(translation_loss(noisy, ids_noisy, mask, eps), ours.detach())
 
 
-def reference_signcl(features, lengths, text_lengths, margin_min, ratio, m):
+def reference_signcl(features, lengths, video_frames, words, margin_min, ratio, m):
+    """SignCL written from the paper (§4.1, A.2.1) on raw frame indices, with exact fractions.
+
+    Feature step s of a clip of F video frames and T' steps starts at video frame s * F / T'.
+    margin = max(margin_min, F / words * ratio) video frames, capped so that 2 x margin is at most
+    the video span of T' - 2 steps; two steps are a negative pair when their frames are more than
+    2 x margin apart, a positive pair when they are adjacent steps."""
     per_sample = []
     for b in range(features.shape[0]):
-        n = int(lengths[b])
-        margin = max(margin_min, n / int(text_lengths[b]) * ratio)
+        n, frames = int(lengths[b]), int(video_frames[b])
+        frame_of = [Fraction(s * frames, n) for s in range(n)]
+        margin = max(Fraction(margin_min), Fraction(frames, int(words[b])) * Fraction(str(ratio)))
+        margin = min(margin, Fraction(max(n - 2, 0) * frames, 2 * n))
         anchors = []
         for s in range(n):
             pulls = [
@@ -145,7 +154,7 @@ def reference_signcl(features, lengths, text_lengths, margin_min, ratio, m):
             pushes = [
                 torch.clamp(m - torch.sqrt(((features[b, s] - features[b, q]) ** 2).sum()), min=0)
                 for q in range(n)
-                if abs(s - q) > 2 * margin
+                if abs(frame_of[s] - frame_of[q]) > 2 * margin
             ]
             pull = sum(pulls) / len(pulls) if pulls else 0.0
             push = sum(pushes) / len(pushes) if pushes else 0.0
@@ -154,38 +163,55 @@ def reference_signcl(features, lengths, text_lengths, margin_min, ratio, m):
     return sum(per_sample) / len(per_sample)
 
 
-def test_signcl_matches_loop_reference_forward_and_backward():
+def test_signcl_matches_paper_reference_on_video_frames_forward_and_backward():
     g = torch.Generator().manual_seed(3)
-    features0 = 3 * torch.randn(3, 24, 5, generator=g, dtype=torch.float64)
+    features0 = 3 * torch.randn(4, 30, 5, generator=g, dtype=torch.float64)
     features0[1, 20:] = 1e4  # padding garbage
-    lengths = torch.tensor([24, 20, 1])
-    text_lengths = torch.tensor([2, 10, 1])  # margins: max(2, 27.6)=27.6, max(2, 4.6)=4.6, 2
-    args = dict(margin_min=2.0, ratio=2.3, m=6.0)
+    lengths = torch.tensor([30, 20, 1, 7])  # feature steps
+    video_frames = torch.tensor([120, 80, 3, 27])  # 4 frames a step, 27/7 for the last
+    words = torch.tensor([2, 11, 1, 3])
+    # margins (frames): max(10, 138)=138 capped to 56; max(10, 16.7); 10 capped to 0; 20.7 capped
+    args = dict(margin_min=10.0, ratio=2.3, m=6.0)
     features = leaf(features0)
-    ours = signcl_loss(features, lengths, text_lengths, **args)
+    ours = signcl_loss(features, lengths, video_frames, words, **args)
     ours.backward()
     grad = features.grad.clone()
     features = leaf(features0)
-    ref = reference_signcl(features, lengths, text_lengths, **args)
+    ref = reference_signcl(features, lengths, video_frames, words, **args)
     ref.backward()
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, features.grad, rtol=1e-9, atol=1e-12)
     assert (grad[1, 20:] == 0).all()
 
 
-def test_signcl_defaults_and_duplicate_frames_keep_finite_gradients():
-    features = torch.zeros(2, 50, 4, dtype=torch.float64, requires_grad=True)
-    loss = signcl_loss(features, torch.tensor([50, 30]), torch.tensor([5, 30]))
-    # All frames identical: no pull, and each negative costs m = 64. Sample 0 has margin
-    # max(10, 50/5*2.3=23) -> pairs more than 46 apart (anchors 0..3 and 47..49 have some);
-    # sample 1 has margin 10 -> gap > 20.
+def test_signcl_margin_is_in_video_frames_and_every_clip_of_three_steps_has_negatives():
+    """All steps identical: no pull, each negative costs m, so the loss counts the anchors that
+    have a negative. An 84-frame clip (21 steps) at the floor margin of 10 frames has negatives
+    at more than 20 frames = 5 steps (the old reading, a floor of 10 *steps*, gave none)."""
+    features = torch.zeros(2, 21, 4, dtype=torch.float64, requires_grad=True)
+    loss = signcl_loss(
+        features, torch.tensor([21, 3]), torch.tensor([84, 12]), torch.tensor([12, 1])
+    )
     loss.backward()
     assert torch.isfinite(features.grad).all()
-    n0 = sum(1 for s in range(50) if any(abs(s - q) > 46 for q in range(50)))
-    n1 = sum(1 for s in range(30) if any(abs(s - q) > 20 for q in range(30)))
-    torch.testing.assert_close(loss, torch.tensor((64 * n0 / 50 + 64 * n1 / 30) / 2).double())
+    n0 = sum(1 for s in range(21) if any(abs(s - q) > 5 for q in range(21)))
+    n1 = 2  # 3 steps: the cap leaves only the first-last pair
+    torch.testing.assert_close(loss, torch.tensor((64 * n0 / 21 + 64 * n1 / 3) / 2).double())
+
+
+def test_spoken_units_count_words_or_characters():
+    assert spoken_units("und nun die wettervorhersage für morgen", "de") == 6
+    assert spoken_units("am tag - sonne .", "de") == 3
+    assert spoken_units("你们好！", "zh") == 3
+    assert spoken_units("", "de") == 1
 
 
 def test_signcl_rejects_bad_lengths():
-    with pytest.raises(ValueError, match=">= 1 frame"):
-        signcl_loss(torch.zeros(2, 5, 3), torch.tensor([5, 0]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=">= 1 feature step"):
+        signcl_loss(
+            torch.zeros(2, 5, 3), torch.tensor([5, 0]), torch.tensor([20, 20]), torch.tensor([1, 1])
+        )
+    with pytest.raises(ValueError, match="fewer video frames"):
+        signcl_loss(
+            torch.zeros(2, 5, 3), torch.tensor([5, 5]), torch.tensor([20, 4]), torch.tensor([1, 1])
+        )

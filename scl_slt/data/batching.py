@@ -12,6 +12,8 @@ Batch contract (what ``Collator`` returns; every stage, the tracker and evaluati
                    change as per-channel gain and bias, applied by the sign embedding with the
                    normalisation (``frames.normalise_frames``); pass it to the model
     input_lengths  LongTensor (B,)
+    video_frames   LongTensor (B,)        each clip's frames as loaded, before subsampling to
+                   data.max_frames (SignCL's margin is in these); input_lengths when not given
     text_ids       LongTensor (B, L)      tokenizer.encode_targets(texts): [lang] ... </s>, padded
     text_mask      BoolTensor (B, L)
 
@@ -213,6 +215,9 @@ class Collator:
             "texts": texts,
             "inputs": inputs,
             "input_lengths": lengths,
+            "video_frames": torch.tensor(
+                [s.get("video_frames", s["inputs"].shape[0]) for s in samples], dtype=torch.long
+            ),
             "text_ids": text_ids,
             "text_mask": text_mask,
         }

@@ -231,9 +231,11 @@ class SignDataset(Dataset):
             log.warning("skipping %s: %s", where, e)
             return None
         clip, colour = loaded if isinstance(loaded, Clip) else (loaded, None)
+        video_frames = clip.shape[0]  # before subsampling: SignCL's margin counts these
         if clip.shape[0] > self.max_frames:
             clip = clip[torch.from_numpy(subsample_indices(clip.shape[0], self.max_frames))]
         sample = {"index": index, "name": record["name"], "inputs": clip, "text": record["text"]}
+        sample["video_frames"] = video_frames
         if colour is not None:
             sample["colour"] = colour
         return sample

@@ -42,8 +42,10 @@ def read_labels(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 def write_labels(path: str | os.PathLike, records: dict[str, dict[str, Any]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, gzip.open(tmp, "wb") as f:
-        pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
+    # no name or time in the gzip header: the same records give the same bytes (reproducible data)
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+            pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def labels_path(labels_dir: str | os.PathLike, split: str) -> Path:

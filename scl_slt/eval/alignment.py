@@ -2,11 +2,12 @@
 
 Two measurements that show how well videos and sentences are aligned, independent of decoding:
 
-* video->text and text->video retrieval (R@1/5/10 in percent, median and mean rank) of the
-  split's projected token features, scored with the same all-pairs function as the loss
-  (``retrieval.retrieval_from_features``). A sentence identical to the true one counts as a hit
-  (``identical_text_positives``): the synthetic data and CSL-Daily repeat sentences, and an
-  identical sentence cannot be told apart by any text-side model.
+* video->text and text->video retrieval of the split's projected token features, scored with
+  the same all-pairs function as the loss (``retrieval.retrieval_from_features``), under the
+  protocol of ``RetrievalConfig`` (``retrieval.duplicates``: how a sentence identical to the
+  true one counts; coarse-grained over all candidates: R@1/5/10 in percent, median and mean
+  rank; fine-grained over each query's ``retrieval.fine_k`` TF-IDF-closest different sentences:
+  ``fine_*`` R@1/5, median rank). The settings go with the figures as ``retrieval_protocol``.
 * the Sign Density Ratio (``density.sign_density_ratio``, lower is better) of the sign-embedding
   output, when every record of the split carries a frame->gloss ``alignment`` (the synthetic
   data does; the released datasets do not, and then no SDR is reported). The sign embedding
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SimilarityMethod
+from ..config import RetrievalConfig, SimilarityMethod
 from ..distributed import all_gather_object, broadcast_object, get_rank
 from ..models.all_pairs import TokenSet
 from .density import density_stats, gloss_instances
@@ -45,6 +46,10 @@ SIGN_FEATURE_STRIDE = 4  # the sign embedding's temporal block: frames per sign-
 RETRIEVAL_KEYS = (
     "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_meanr",
     "t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_meanr",
+)  # fmt: skip
+# fine-grained: r5 only when the protocol's fine_k_used >= 5
+FINE_RETRIEVAL_KEYS = (
+    "fine_v2t_r1", "fine_v2t_r5", "fine_v2t_medr", "fine_t2v_r1", "fine_t2v_r5", "fine_t2v_medr",
 )  # fmt: skip
 
 
@@ -150,23 +155,29 @@ def alignment_metrics(
     encoded: EncodedSplit,
     method: SimilarityMethod | str,
     tau: float,
+    protocol: RetrievalConfig,
+    language: str,
     alignments: Sequence[Sequence[Sequence[int]]] | None = None,
     stride: int = SIGN_FEATURE_STRIDE,
     device: torch.device | str | None = None,
-) -> dict[str, float]:
-    """Retrieval R@1/5/10, median/mean rank (both directions) and, given ``alignments`` (one
-    list of ``[gloss, start, end)`` per sample of the *split*, indexed like the dataset) and
-    sign features, ``sdr`` with the number of glosses it averages (``sdr_glosses``).
+) -> dict[str, Any]:
+    """Coarse- and fine-grained retrieval (both directions, ``RETRIEVAL_KEYS`` and
+    ``FINE_RETRIEVAL_KEYS``) under ``protocol`` with its ``retrieval_protocol`` entry
+    (``language``: the TF-IDF terms of the fine-grained rule) and, given ``alignments`` (one list
+    of ``[gloss, start, end)`` per sample of the *split*, indexed like the dataset) and sign
+    features, ``sdr`` with the number of glosses it averages (``sdr_glosses``).
 
     Computed on rank 0 and broadcast. ``sdr`` is left out (with a warning) when no gloss occurs
     twice, e.g. on a very small split.
     """
-    metrics: dict[str, float] | None = None
+    metrics: dict[str, Any] | None = None
     if get_rank() == 0:
         found = retrieval_from_features(
-            encoded.video, encoded.text, method, tau, texts=encoded.texts, device=device
+            encoded.video, encoded.text, method, tau, encoded.texts, protocol, language, device
         )
-        metrics = {key: float(found[key]) for key in RETRIEVAL_KEYS}
+        keys = [k for k in (*RETRIEVAL_KEYS, *FINE_RETRIEVAL_KEYS) if k in found]
+        metrics = {key: float(found[key]) for key in keys}
+        metrics["retrieval_protocol"] = found["retrieval_protocol"]
         metrics["retrieval_samples"] = len(encoded)
         if alignments is not None and encoded.sign_features is not None:
             metrics.update(_density(encoded, alignments, stride))
@@ -192,9 +203,11 @@ def evaluate_alignment(
     method: SimilarityMethod | str,
     tau: float,
     device: torch.device | str,
+    protocol: RetrievalConfig,
+    language: str,
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``encode_split`` + ``alignment_metrics`` over a loader's dataset (SDR when it has spans)."""
     alignments = split_alignments(getattr(loader, "dataset", None))
     encoded = encode_split(model, loader, device, autocast, with_sign_features=bool(alignments))
-    return alignment_metrics(encoded, method, tau, alignments, device=device)
+    return alignment_metrics(encoded, method, tau, protocol, language, alignments, device=device)

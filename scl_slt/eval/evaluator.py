@@ -11,7 +11,9 @@ evaluation only: training chooses the best checkpoint on dev, and the metrics JS
 Decoding settings default to the run's ``model.generation`` and can be overridden. A stage-1
 checkpoint still holds the text branch: then video->text / text->video retrieval and, when its
 records carry gloss alignments, the Sign Density Ratio are reported too (``eval/alignment.py``),
-written to ``metrics.json`` as its ``alignment`` section.
+written to ``metrics.json`` as its ``alignment`` section. Retrieval follows the run's
+``retrieval`` protocol (duplicate targets, fine-grained candidates; ``eval/retrieval.py``) unless
+``retrieval.<key>=`` overrides it; the protocol used is the section's ``retrieval_protocol``.
 
 A checkpoint whose weights hold NaN/inf (a diverged run) is refused before any decoding with
 ``NonFiniteWeightsError``, naming the tensors and how many of their values are non-finite.
@@ -19,13 +21,14 @@ A checkpoint whose weights hold NaN/inf (a diverged run) is refused before any d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError, EvaluateConfig, to_container
+from ..config import ConfigError, EvaluateConfig, RetrievalConfig, TrainConfig, to_container
 from ..data.batching import Collator
 from ..data.datasets import build_split
 from ..models.handoff import load_trained_model
@@ -68,7 +71,15 @@ def validate_evaluate(cfg: EvaluateConfig | DictConfig) -> EvaluateConfig:
         raise ConfigError(f"num_workers: must be >= 0, got {cfg.num_workers}")
     if not cfg.checkpoint:
         raise ConfigError("checkpoint: best | last | a checkpoint directory")
+    if cfg.retrieval.fine_k is not None and cfg.retrieval.fine_k < 1:
+        raise ConfigError(f"retrieval.fine_k: must be >= 1 or null, got {cfg.retrieval.fine_k}")
     return cfg
+
+
+def retrieval_protocol(cfg: EvaluateConfig, train_cfg: TrainConfig) -> RetrievalConfig:
+    """The run's ``retrieval`` section with evaluate's non-null ``retrieval.<key>`` over it."""
+    given = {k: v for k, v in dataclasses.asdict(cfg.retrieval).items() if v is not None}
+    return dataclasses.replace(train_cfg.retrieval, **given)
 
 
 def checkpoint_tag(checkpoint: str) -> str:
@@ -89,8 +100,9 @@ def evaluate_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Run one evaluation: ``(translation metrics, alignment metrics)``, the same on every rank.
 
-    The alignment metrics (retrieval R@K and median rank, SDR when the split has gloss
-    alignments) are None for a checkpoint without the text branch (stage 2).
+    The alignment metrics (coarse- and fine-grained retrieval R@K and median rank with their
+    ``retrieval_protocol``, SDR when the split has gloss alignments) are None for a checkpoint
+    without the text branch (stage 2).
     """
     cfg = validate_evaluate(cfg)
     run_dir = Path(cfg.run_dir).expanduser()
@@ -123,9 +135,11 @@ def evaluate_checkpoint(
     alignment = None
     if getattr(model, "similarity", None) is not None:  # a stage-1 checkpoint
         sim = train_cfg.model.similarity
+        protocol = retrieval_protocol(cfg, train_cfg)
         alignment = evaluate_alignment(
-            model, loader, sim.method, sim.tau, runtime.device, runtime.autocast
-        )
+            model, loader, sim.method, sim.tau, runtime.device,
+            protocol, language, runtime.autocast,
+        )  # fmt: skip
     if runtime.is_main:
         out_dir = (
             Path(cfg.out_dir)

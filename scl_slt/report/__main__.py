@@ -8,6 +8,8 @@ report reads ``config.yaml``, ``eval/<checkpoint>/<split>/metrics.json`` (writte
 ``python -m scl_slt.evaluate`` and the pipeline's test step), ``metrics.jsonl`` (curves) and
 ``trajectory/summary.json`` (reference runs). A run whose metrics are missing or unreadable is
 listed, with the reason, under "Skipped runs" and left out of the tables; the report goes on.
+The paired significance test reads ``predictions.tsv`` beside ``metrics.json``; a run without
+it stays in the tables and is named in the table's notes (``significance.py``).
 
 
 The tables are ``tables.py`` and ``strategies.py``; the files written are ``build.py``'s.

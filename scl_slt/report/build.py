@@ -1,10 +1,14 @@
 """Write the report: every table as Markdown and CSV, the runs' list, and the figures.
 
-Outputs in ``out_dir``: ``tables.md`` (every table), ``tables.csv`` (one long table: ``table,
-dataset, context, row, metric, n, seeds, mean, std, paper``, one line per row and metric),
+Outputs in ``out_dir``: ``tables.md`` (every table, with a paragraph on how cells and tests are
+computed), ``tables.csv`` (one long table: ``table, dataset, context, row, metric, n, seeds,
+mean, std, ci_low, ci_high, p_value, significant, test, paper``, one line per row and metric;
+the p columns are filled for the tested metrics, ``significance.py``),
 ``runs.csv`` (each run, its row, factors and status), ``curves.png`` (dev BLEU-4 per epoch and
 training loss per step, one line per run) and ``categories.png`` (trajectory category shares of
-the reference runs beside the paper's; only when some run has ``trajectory/summary.json``).
+the reference runs beside the paper's; only when some run has ``trajectory/summary.json``) and
+``batch_diagnostics.png`` (what each strategy's batches held, per epoch; only when some stage-1
+run logged ``batch_diagnostics`` records, ``report/batch_diagnostics.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import render
+from . import batch_diagnostics, render, significance
 from .runs import METRICS, Run, _get, find_run_dirs, load_run, pipeline_timings
 from .strategies import strategy_tables
 from .tables import Table, _dataset_key, ablation_tables, category_tables, component_tables
@@ -39,21 +43,24 @@ def _runs_csv_row(r: Run) -> dict[str, Any]:
 def _markdown(
     tables: Sequence[Table], runs: Sequence[Run], timings: dict[Path, dict[str, float]], how: str
 ) -> str:
-    from .render import table_markdown
-
     lines = [
         "# Results",
         "",
         f"{how}; {len(runs)} run directories, {sum(r.problem is None for r in runs)} in the "
-        "tables. Each cell is the mean ± sample standard deviation over the n runs (seeds) of its "
-        "row; the paper's columns are its published test scores (method.md §7). Every run, its "
-        "row and factors: `runs.csv`.",
+        "tables. The paper's columns are its published test scores (method.md §7). Every run, "
+        "its row and factors: `runs.csv`.",
+        "",
+        significance.METHOD_PARAGRAPH,
     ]
     for dataset in sorted({t.dataset for t in tables}, key=_dataset_key):
         lines += ["", f"## {dataset}"]
         for table in (t for t in tables if t.dataset == dataset):
             title = table.title + (f" — {table.context}" if table.context else "")
-            lines += ["", f"### {title}", "", table_markdown(table)]
+            lines += ["", f"### {title}", "", render.table_markdown(table)]
+    diagnostics = batch_diagnostics.diagnostics_markdown(runs)
+    if diagnostics:
+        lines += ["", "## Batch diagnostics (stage 1, last epoch)", "", diagnostics.rstrip("\n")]
+        lines.append("Per epoch: `batch_diagnostics.png`.")
     if timings:
         lines += ["", "## Pipeline wall time", "", "| pipeline | steps (s) | total (s) |"]
         lines.append("|---|---|---|")
@@ -94,6 +101,7 @@ def build_report(
     categories = category_tables(runs)
     strategies = strategy_tables(scored)
     tables = [*component_tables(scored), *ablation_tables(scored), *strategies, *categories]
+    significance.compare_tables(tables, scored, split, checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in ("tables.md", "tables.csv", "runs.csv")}
@@ -112,6 +120,7 @@ def build_report(
     for name, path in (
         ("curves.png", render.plot_curves(runs, out)),
         ("categories.png", render.plot_categories(categories, out)),
+        ("batch_diagnostics.png", batch_diagnostics.diagnostics_figure(runs, out)),
     ):
         if path is not None:
             files[name] = path

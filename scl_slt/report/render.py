@@ -1,6 +1,10 @@
 """Rendering of the results report: tables as Markdown and CSV rows, and the figures (dev BLEU-4 /
 training-loss curves per run, the trajectory category chart; matplotlib, Agg backend).
-``report.py`` collects the runs and builds the tables; this module turns them into files."""
+``build.py`` collects the runs and builds the tables; this module turns them into text and files.
+
+A cell is ``mean ± std [95 % interval]`` over the row's seeds (``significance.summarise``); a
+tested cell whose row does not differ significantly from the reference row carries a dagger, and
+each tested metric gets a p column and a legend line under the table."""
 
 from __future__ import annotations
 
@@ -10,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .runs import Run
+from .significance import summarise
 from .strategies import STRATEGY_METRIC_NAMES
 from .tables import (
     CATEGORIES,
     METRIC_NAMES,
     PAPER_CATEGORIES,
+    SIGNIFICANCE_LEVEL,
+    Comparison,
     Table,
     _component_key,
     _dataset_key,
@@ -23,36 +30,108 @@ from .tables import (
 
 COLUMN_NAMES = {**METRIC_NAMES, **STRATEGY_METRIC_NAMES}
 DECIMALS = {"sdr": 3}  # other columns: 2
+DAGGER = "†"
 
 
 def _cell(values: list[float], decimals: int = 2) -> str:
-    mean, std = mean_std(values)
-    if mean is None:
+    """``mean ± std [ci_low, ci_high]`` (the interval one decimal shorter); "1 seed" alone."""
+    s = summarise(values)
+    if s.mean is None:
         return "—"
-    return f"{mean:.{decimals}f}" if std is None else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    if s.std is None or s.ci is None:
+        return f"{s.mean:.{decimals}f} (1 seed)"
+    short = max(decimals - 1, 1)
+    low, high = s.ci
+    return f"{s.mean:.{decimals}f} ± {s.std:.{decimals}f} [{low:.{short}f}, {high:.{short}f}]"
+
+
+def tested_metrics(table: Table) -> list[str]:
+    """The table's metrics that carry a paired test, in column order."""
+    return [m for m in table.metrics if any(key[1] == m for key in table.comparisons)]
+
+
+def _p_cell(comparison: Comparison | None, label: str) -> str:
+    if comparison is None:
+        return "—"
+    if comparison.p_value is None:
+        return "reference" if label == comparison.reference else "not tested"
+    p = comparison.p_value
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"  # 1/1001, the least 1000 resamples can give
+
+
+def table_notes(table: Table) -> list[str]:
+    """The legend of the dagger and why a row was tested on fewer runs, or not at all."""
+    name = COLUMN_NAMES.get
+    tested = tested_metrics(table)
+    if not tested:
+        return []
+    references = sorted({c.reference for c in table.comparisons.values()})
+    metrics = ", ".join(name(m, m) for m in tested)
+    lines = [
+        f"{DAGGER} not significantly different from {' / '.join(references)} (paired bootstrap "
+        f"on {metrics}, p >= {SIGNIFICANCE_LEVEL})"
+    ]
+    for (label, metric), c in table.comparisons.items():
+        if c.note and label != c.reference:
+            seeds = " ".join(str(s) for s in c.seeds)
+            tested_on = f"tested on seeds {seeds}; " if c.p_value is not None else ""
+            lines.append(f"{label} ({name(metric, metric)}): {tested_on}{c.note}")
+    return lines
 
 
 def table_markdown(table: Table) -> str:
+    """The table, then its legend and notes (when it carries paired tests)."""
     name = COLUMN_NAMES.get
+    tested = tested_metrics(table)
+    reference = {m: c.reference for (_, m), c in table.comparisons.items()}
     head = ["row", "n", "seeds", *(name(m, m) for m in table.metrics)]
+    head += [f"p ({name(m, m)} vs {reference[m]})" for m in tested]
     head += [f"paper {name(m, m)}" for m in table.paper_metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         cells = [row.label, str(len(row.runs)), row.seeds or "—"]
-        cells += [_cell(row.values(m), DECIMALS.get(m, 2)) for m in table.metrics]
+        for m in table.metrics:
+            cell = _cell(row.values(m), DECIMALS.get(m, 2))
+            if table.comparisons.get((row.label, m), _NONE).significant is False:
+                cell += f" {DAGGER}"
+            cells.append(cell)
+        cells += [_p_cell(table.comparisons.get((row.label, m)), row.label) for m in tested]
         cells += [f"{row.paper[m]:.2f}" if m in row.paper else "—" for m in table.paper_metrics]
         lines.append("| " + " | ".join(cells) + " |")
+    notes = table_notes(table)
+    if notes:  # the legend as a line, the notes as a list
+        lines += ["", notes[0], *([""] if notes[1:] else []), *(f"- {n}" for n in notes[1:])]
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("table", "dataset", "context", "row", "metric", "n", "seeds", "mean", "std", "paper")
+_NONE = Comparison("")  # no test: ``significant`` is None
+
+CSV_FIELDS = ("table", "dataset", "context", "row", "metric", "n", "seeds", "mean", "std",
+              "ci_low", "ci_high", "p_value", "significant", "test", "paper")  # fmt: skip
+
+
+def _test_text(comparison: Comparison | None, label: str, metric: str) -> str:
+    if comparison is None:
+        return ""
+    if label == comparison.reference:
+        return "reference row"
+    if comparison.p_value is None:
+        return comparison.note
+    seeds = " ".join(str(s) for s in comparison.seeds)
+    text = (
+        f"paired bootstrap {COLUMN_NAMES.get(metric, metric)} vs {comparison.reference}, "
+        f"seeds {seeds}, {comparison.sentences} sentences"
+    )
+    return f"{text}; {comparison.note}" if comparison.note else text
 
 
 def table_csv_rows(table: Table) -> list[dict[str, Any]]:
     out = []
     for row in table.rows:
         for metric in dict.fromkeys((*table.metrics, *table.paper_metrics)):
-            mean, std = mean_std(row.values(metric)) if metric in table.metrics else (None, None)
+            s = summarise(row.values(metric) if metric in table.metrics else [])
+            comparison = table.comparisons.get((row.label, metric))
+            p = comparison.p_value if comparison else None
             out.append(
                 {
                     "table": table.name,
@@ -60,10 +139,15 @@ def table_csv_rows(table: Table) -> list[dict[str, Any]]:
                     "context": table.context,
                     "row": row.label,
                     "metric": metric,
-                    "n": len(row.values(metric)),
+                    "n": s.n,
                     "seeds": row.seeds,
-                    "mean": "" if mean is None else f"{mean:.4f}",
-                    "std": "" if std is None else f"{std:.4f}",
+                    "mean": "" if s.mean is None else f"{s.mean:.4f}",
+                    "std": "" if s.std is None else f"{s.std:.4f}",
+                    "ci_low": "" if s.ci is None else f"{s.ci[0]:.4f}",
+                    "ci_high": "" if s.ci is None else f"{s.ci[1]:.4f}",
+                    "p_value": "" if p is None else f"{p:.6f}",
+                    "significant": "" if p is None else ("yes" if comparison.significant else "no"),
+                    "test": _test_text(comparison, row.label, metric),
                     "paper": f"{row.paper[metric]:.2f}" if metric in row.paper else "",
                 }
             )

@@ -68,6 +68,7 @@ class Run:
     pooling: str | None = None  # similarity of the run's (or its stage-1 run's) contrastive stage
     metrics: dict[str, float] | None = None  # the evaluated split's scores
     alignment: dict[str, float] | None = None  # retrieval / SDR of a stage-1 checkpoint
+    retrieval_protocol: dict[str, Any] | None = None  # how its retrieval was scored, if recorded
     stage1: Path | None = None  # the run stage.init_from names (two-stage runs)
     problem: str | None = None  # why the run is not in the tables
 
@@ -170,6 +171,15 @@ def read_alignment(path: Path) -> dict[str, float] | None:
     }
 
 
+def read_retrieval_protocol(path: Path) -> dict[str, Any] | None:
+    """The ``alignment.retrieval_protocol`` of an evaluation ``metrics.json`` (None: not recorded,
+    e.g. a stage-2 checkpoint or a file written before the protocol was)."""
+    record = json.loads(path.read_text())
+    found = record.get("alignment") if isinstance(record, dict) else None
+    protocol = found.get("retrieval_protocol") if isinstance(found, dict) else None
+    return protocol if isinstance(protocol, dict) else None
+
+
 def read_eval_metrics(path: Path) -> dict[str, float]:
     """BLEU-1..4 and ROUGE-L of an evaluation ``metrics.json``; ValueError names file and key."""
     record = json.loads(path.read_text())
@@ -226,6 +236,7 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
         else:
             run.metrics = read_eval_metrics(metrics_path)
             run.alignment = read_alignment(metrics_path)
+            run.retrieval_protocol = read_retrieval_protocol(metrics_path)
     except (OSError, ValueError, TypeError) as e:  # corrupt files of one run (ConfigError too)
         run.problem = f"unreadable: {e}"
         run.metrics = None

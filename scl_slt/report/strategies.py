@@ -1,5 +1,5 @@
 """The report's negative-selection strategy table: one row per stage-1 selection strategy
-(``selection.name``: random, trajectory, text_semantic, visual_confusable, online_trajectory, ...)
+(``selection.name``: random, trajectory, text_semantic, visual_curriculum, san, online_trajectory, ...)
 with what it did to alignment and what it left for translation.
 
 Columns, all on the report's split and checkpoint:
@@ -7,6 +7,10 @@ Columns, all on the report's split and checkpoint:
 - ``V→T R@1`` / ``T→V R@1`` and ``SDR``: retrieval and Sign Density Ratio of the stage-1 checkpoint
   (the ``alignment`` entry ``python -m scl_slt.evaluate`` writes for a checkpoint with a text
   branch; lower SDR = visual features less collapsed);
+- ``fine V→T R@1`` / ``fine T→V R@1``: fine-grained retrieval, each query against its
+  ``retrieval.fine_k`` TF-IDF-closest different sentences only (``eval/retrieval.py``). The
+  table's context names the retrieval protocol (duplicate targets, fine_k) its runs were scored
+  under, or each one with its number of runs when they differ;
 - ``stage-1 BLEU-4``: translation by the stage-1 checkpoint itself (its joint translation loss);
 - ``BLEU-4 after stage 2``: the translation run whose ``stage.init_from`` is that stage-1 run.
 
@@ -21,21 +25,34 @@ been evaluated (with the same length).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .runs import Run, _get
 from .tables import FACTORS, Table, TableRow, _by_dataset, main_setting
 
-STRATEGY_METRICS = ("v2t_r1", "t2v_r1", "sdr", "stage1_bleu4", "stage2_bleu4")
+STRATEGY_METRICS = (
+    *("v2t_r1", "t2v_r1", "fine_v2t_r1", "fine_t2v_r1"),
+    *("sdr", "stage1_bleu4", "stage2_bleu4"),
+)
 STRATEGY_METRIC_NAMES = {
     "v2t_r1": "V→T R@1",
     "t2v_r1": "T→V R@1",
+    "fine_v2t_r1": "fine V→T R@1",
+    "fine_t2v_r1": "fine T→V R@1",
     "sdr": "SDR",
     "stage1_bleu4": "stage-1 BLEU-4",
     "stage2_bleu4": "BLEU-4 after stage 2",
 }
-STRATEGY_ORDER = ("random", "trajectory", "text_semantic", "visual_confusable", "online_trajectory")
+STRATEGY_ORDER = (
+    "random",
+    "trajectory",
+    "text_semantic",
+    "visual_curriculum",
+    "san",
+    "online_trajectory",
+    "visual_confusable",  # runs from before its rename to visual_curriculum
+)
 
 
 def _stage(run: Run) -> str:
@@ -52,6 +69,25 @@ def _label(run: Run, main: tuple[str, ...] | None, usual_epochs: int | None) -> 
     if usual_epochs is not None and epochs != usual_epochs:
         differs.append(f"{epochs} epochs")
     return f"{label} ({', '.join(differs)})" if differs else label
+
+
+def protocol_context(runs: Iterable[Run]) -> str:
+    """``retrieval: duplicates exclude, fine_k 10`` for the runs with retrieval figures; each
+    protocol with its number of runs when they differ ("not recorded": an older metrics file)."""
+    counts: Counter[str] = Counter()
+    for r in runs:
+        if r.alignment and any(k.endswith("_r1") for k in r.alignment):
+            p = r.retrieval_protocol
+            counts[
+                f"duplicates {p.get('duplicates')}, fine_k {p.get('fine_k')}"
+                if p
+                else "not recorded"
+            ] += 1
+    if len(counts) <= 1:
+        return "".join(f"retrieval: {text}" for text in counts)
+    return "retrieval protocols differ: " + "; ".join(
+        f"{t} ({n} run{'s' if n > 1 else ''})" for t, n in counts.items()
+    )
 
 
 def _order(label: str) -> tuple[int, str]:
@@ -88,6 +124,8 @@ def strategy_tables(runs: Sequence[Run]) -> list[Table]:
         context = f"{usual_epochs} stage-1 epochs" if usual_epochs is not None else ""
         if main is not None:
             context += "; trajectory: " + ", ".join(f"{f} {v}" for f, v in zip(FACTORS, main))
+        protocol = protocol_context(stage1)
+        context += f"; {protocol}" if context and protocol else protocol
         title = "Negative-selection strategies (stage 1, then stage 2)"
         tables.append(Table("strategies", dataset, title, context, STRATEGY_METRICS, (), rows))
     return tables

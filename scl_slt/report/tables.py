@@ -7,8 +7,10 @@ if present, else the most common); runs of another setting get rows of their own
 the runs that agree on the two other factors (named in its title) and is written when they
 differ in its own factor. The negative-selection strategy table is ``strategies.py``'s.
 
-Runs sharing a row (seeds) are shown as mean ± sample standard deviation (n - 1), with n and the
-seeds. The paper's test numbers (method.md §7) stand beside ours for PHOENIX14T and CSL-Daily.
+Runs sharing a row (seeds) are shown as mean ± sample standard deviation (n - 1) and a 95 %
+interval, with n and the seeds; ``Table.comparisons`` holds the paired tests against the table's
+reference row (``significance.py`` computes both). The paper's test numbers (method.md §7) stand
+beside ours for PHOENIX14T and CSL-Daily.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runs import (
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4"}
 METRIC_NAMES["rouge_l"] = "ROUGE-L"
 CATEGORIES = ("H->L", "H->H", "L->H", "L->L")
+SIGNIFICANCE_LEVEL = 0.05  # a paired test's p below this: the difference is significant
 DATASET_ORDER = ("phoenix14t", "csl_daily")
 
 # ------------------------------------------------------------------- the paper (method.md §7)
@@ -108,15 +111,34 @@ class TableRow:
         return " ".join(str(r.seed) for r in sorted(self.runs, key=lambda r: r.seed or 0))
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A row's paired significance test against its table's reference row on one metric
+    (``significance.py``). ``p_value`` None: not tested, and ``note`` says why; with a p-value,
+    ``note`` names what was left out of the test (a seed without a partner, missing files)."""
+
+    reference: str  # the reference row's label
+    p_value: float | None = None
+    seeds: tuple[int | None, ...] = ()  # the seed pairs tested
+    sentences: int = 0  # of the concatenated paired corpus
+    note: str = ""
+
+    @property
+    def significant(self) -> bool | None:
+        return None if self.p_value is None else self.p_value < SIGNIFICANCE_LEVEL
+
+
 @dataclass
 class Table:
-    name: str  # component | schedule | interval | pooling | categories
+    name: str  # component | schedule | interval | pooling | categories | strategies
     dataset: str
     title: str
     context: str  # the settings shared by every row ("" when none)
     metrics: tuple[str, ...]  # ours
     paper_metrics: tuple[str, ...]  # the paper's columns (empty when it has none)
     rows: list[TableRow]
+    # (row label, metric) -> its test against the reference row; only tested tables have any.
+    comparisons: dict[tuple[str, str], Comparison] = field(default_factory=dict)
 
 
 def _dataset_key(name: str) -> tuple[int, str]:

@@ -12,6 +12,15 @@ Batches are built greedily; every sample is used exactly once per epoch:
    reference model pushed apart (easy), large α pairs it pulled together (hard).
 4. Repeat until ``|C| = batch_size``; the last batch takes whatever is left.
 
+Distinct targets (``selection.distinct_targets``; ``samplers.DistinctTargets``): every pick,
+the seed included, is made among the *allowed* unused candidates only (group not yet in the
+batch; once the free slots are just enough for the groups the batch must still take, members of
+those only). The seed is drawn uniformly among the allowed; step 3 orders the allowed by
+``(Δ, index)`` and takes position ``floor(α · (n_allowed − 1))``; a ``pool_size`` pool is drawn
+among the allowed; Δ still sums over every batch member. The must-take ("forced") picks are therefore the batch's last picks, each the quantile
+pick among the must-take candidates. When every candidate is allowed (no duplicate targets) the
+random draws and the picks are exactly those without the option.
+
 Random stream, per epoch ``rng = default_rng([seed, epoch])``: each batch seed is
 ``unused[rng.integers(len(unused))]`` with ``unused`` in ascending index order; with a
 ``pool_size`` K, each pick whose unused set is larger than K first draws
@@ -39,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, Schedule
-from .samplers import GlobalBatchSampler, consecutive_batches, epoch_generator
+from .samplers import DistinctTargets, GlobalBatchSampler, epoch_generator, shuffled_batches
 
 log = logging.getLogger(__name__)
 
@@ -118,33 +127,57 @@ def build_curriculum_batches(
     alpha: float,
     rng: np.random.Generator,
     pool_size: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> list[list[int]]:
-    """One epoch of greedy curriculum batches (see the module docstring) over all N samples."""
+    """One epoch of greedy curriculum batches (see the module docstring) over all N samples;
+    with target ``groups`` (N,), no batch holds two samples of one group."""
     scores = np.asarray(pair_scores)  # a plain view of a memmap: no copy
     entries = _ScoreEntries(scores)
     unused = np.arange(scores.shape[0])  # ascending, so positions break ties by index
+    distinct = None if groups is None else DistinctTargets(groups, batch_size)
+
+    def allowed() -> np.ndarray | None:
+        """Ascending positions in ``unused`` that may join (None: all of them)."""
+        return None if distinct is None else np.flatnonzero(distinct.allowed(unused))
+
     batches: list[list[int]] = []
     while unused.size:
-        seed_pos = int(rng.integers(unused.size))
+        if distinct is not None:
+            distinct.open_batch()
+        ok = allowed()
+        seed_pos = int(rng.integers(unused.size)) if ok is None else int(ok[rng.integers(ok.size)])
         batch = [int(unused[seed_pos])]
+        if distinct is not None:
+            distinct.add(batch[-1])
         unused = np.delete(unused, seed_pos)
         sums = np.zeros(unused.size)  # (n_unused,) float64: Δ(u; C) for every unused u
         while len(batch) < batch_size and unused.size:
+            ok = allowed()
             if pool_size is None:
                 newest = batch[-1]
                 np.add(sums, entries.from_sample(newest, unused), out=sums)
                 np.add(sums, entries.to_sample(newest, unused), out=sums)
-                pos = quantile_position(sums, alpha)
+                if ok is None:
+                    pos = quantile_position(sums, alpha)
+                else:
+                    pos = int(ok[quantile_position(sums[ok], alpha)])
                 sums = np.delete(sums, pos)
             else:
-                if unused.size > pool_size:
-                    picks = np.sort(rng.choice(unused.size, pool_size, replace=False))
+                n_ok = unused.size if ok is None else ok.size
+                if n_ok > pool_size:
+                    picks = np.sort(rng.choice(n_ok, pool_size, replace=False))
                 else:
-                    picks = np.arange(unused.size)
+                    picks = np.arange(n_ok)
+                if ok is not None:
+                    picks = ok[picks]
                 pool_delta = _pool_scores(entries, batch, unused[picks])
                 pos = int(picks[quantile_position(pool_delta, alpha)])
             batch.append(int(unused[pos]))
+            if distinct is not None:
+                distinct.add(batch[-1])
             unused = np.delete(unused, pos)
+        if distinct is not None:
+            distinct.close_batch()
         batches.append(batch)
     return batches
 
@@ -197,7 +230,7 @@ def load_pair_scores(path: str | os.PathLike | None, num_samples: int | None = N
 
 class CurriculumBatchSampler(GlobalBatchSampler):
     """Curriculum batches from a reference run's pair scores (``selection=trajectory``; also
-    ``text_semantic`` and ``visual_confusable``, which only bring other score files).
+    ``text_semantic`` and ``visual_curriculum``, which only bring other score files).
 
     ``pair_scores`` is N x N, ``δ[i, j]`` for video i and text j in dataset order, typically the
     float16 memory map of ``load_pair_scores``; it is read, never copied. The file is scanned once
@@ -222,9 +255,13 @@ class CurriculumBatchSampler(GlobalBatchSampler):
         world_size: int = 1,
         drop_last: bool = False,
         pool_size: int | None = None,
+        *,
+        target_groups: np.ndarray | None = None,
     ):
         num_samples = self._attach(pair_scores)
-        super().__init__(num_samples, batch_size, seed, rank, world_size, drop_last)
+        super().__init__(
+            num_samples, batch_size, seed, rank, world_size, drop_last, target_groups=target_groups
+        )
         if epochs < 1:
             raise ValueError(f"epochs must be positive, got {epochs}")
         if pool_size is not None and pool_size < 1:
@@ -273,11 +310,16 @@ class CurriculumBatchSampler(GlobalBatchSampler):
     def _build_epoch(self, epoch: int) -> list[list[int]]:
         alpha = self.alpha(epoch)
         rng = epoch_generator(self.seed, epoch)
+        groups = self.target_groups
         if self._shuffled(epoch):
-            return consecutive_batches(rng.permutation(self.num_samples), self.batch_size)
+            return shuffled_batches(rng.permutation(self.num_samples), self.batch_size, groups)
         started = time.perf_counter()
         scores, order = self._epoch_scores(rng)
-        batches = build_curriculum_batches(scores, self.batch_size, alpha, rng, self.pool_size)
+        if groups is not None and order is not None:
+            groups = groups[order]  # the relabelled samples' groups
+        batches = build_curriculum_batches(
+            scores, self.batch_size, alpha, rng, self.pool_size, groups
+        )
         del scores  # an online δ is a fresh N x N array: free it before mapping back
         if order is not None:
             batches = [[int(order[i]) for i in batch] for batch in batches]

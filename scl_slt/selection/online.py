@@ -177,6 +177,9 @@ class OnlineCurriculumSampler(CurriculumBatchSampler):
     relabels the samples, the curriculum runs on ``δ[π][:, π]`` with the same ``rng`` and the
     batches are mapped back through π: the curriculum's "smaller index wins a tie" then becomes
     a random tie-break, which matters because most online δ entries are exactly 0.
+    With ``target_groups`` (``selection.distinct_targets``) the shuffled epochs are
+    ``samplers.distinct_shuffled_batches`` and the curriculum runs on the relabelled groups
+    ``groups[π]``, so no batch holds two samples with the same target.
     """
 
     kind = "online_trajectory"

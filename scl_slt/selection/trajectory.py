@@ -2,7 +2,8 @@
 
 Given the all-pairs similarity matrices S^0..S^K of a reference run's snapshots (N x N, video i
 against text j, dataset order), this module computes the pair score the curriculum sampler reads,
-``delta = S^K - S^0`` (or the least-squares slope over every snapshot), sorts every negative pair
+``delta = S^K - S^0`` (or the slope, or a span of the tracker's intervals: the protocols and the
+snapshots each one uses are in ``trajectory_window.py``), sorts every negative pair
 (i != j) into H->L, H->H, L->H, L->L by its first and last similarity, measures how often given pair
 sets (confusable glosses, duplicate targets) fall in each category compared with all negatives
 (``trajectory_report.py`` writes ``trajectory/summary.json`` and ``trajectory/categories.png``).
@@ -24,16 +25,12 @@ from typing import Any
 import numpy as np
 
 from .tracker import Snapshot, SnapshotError, is_complete_snapshot, read_snapshot
+from .trajectory_window import DeltaMethod, TrajectoryWindow, delta_weights
 
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("H->L", "H->H", "L->H", "L->L")  # codes 0..3; -1 marks the positives (diagonal)
 DEFAULT_BLOCK_ROWS = 1024
-
-
-class DeltaMethod(str, Enum):
-    endpoints = "endpoints"  # S^K - S^0
-    slope = "slope"  # least-squares slope of S^k against the snapshot epoch
 
 
 class ThresholdMode(str, Enum):
@@ -118,35 +115,16 @@ def _row_blocks(n: int, block_rows: int) -> Iterable[tuple[int, int]]:
         yield start, min(start + block_rows, n)
 
 
-def delta_weights(epochs: Sequence[float], method: DeltaMethod | str) -> np.ndarray:
-    """delta = sum_k w_k S^k: endpoints (-1 at the first, +1 at the last) or the LSQ slope.
-
-    The slope of y_k against e_k is sum_k (e_k - mean e) y_k / sum_k (e_k - mean e)^2, linear in
-    the S^k, so it accumulates one snapshot at a time.
-    """
-    method = DeltaMethod(method)
-    e = np.asarray(epochs, dtype=np.float64)
-    if e.ndim != 1 or len(e) < 2:
-        raise ValueError(f"a trajectory needs at least two snapshots, got epochs {list(e)}")
-    if not np.all(np.diff(e) > 0):
-        raise ValueError(f"snapshot epochs must be strictly increasing, got {list(e)}")
-    if method is DeltaMethod.endpoints:
-        w = np.zeros(len(e))
-        w[0], w[-1] = -1.0, 1.0
-        return w
-    centred = e - e.mean()
-    return centred / np.sum(centred**2)
-
-
 def trajectory_delta(
     S_list: Iterable[np.ndarray],
-    epochs: Sequence[float],
+    epochs: Sequence[float] | TrajectoryWindow,
     method: DeltaMethod | str = DeltaMethod.endpoints,
     out: np.ndarray | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
 ) -> np.ndarray:
     """delta[i, j] from the snapshots' similarity matrices (N x N each, in epoch order).
 
+    ``epochs`` may be a ``TrajectoryWindow`` (a later start, a span); then ``method`` is ignored.
     ``S_list`` may be a lazy iterable (e.g. memory maps opened one at a time): one float32 N x N
     accumulator is held, never K matrices. ``out`` (e.g. an fp16 memmap) receives the result.
     """

@@ -1,6 +1,10 @@
 """The trajectory report of a scored reference run: ``<run_dir>/trajectory/summary.json`` (category
 shares and counts, thresholds, mean δ per category, pair-set enrichment, a sample of trajectories
-per category) and ``categories.png`` (the shares beside the paper's, and those trajectories)."""
+per category) and ``categories.png`` (the shares beside the paper's, and those trajectories).
+
+``first_snapshot_spread`` checks the first snapshot a trajectory uses: one taken at random
+initialisation can hold all similarities in a narrow band, and then its H/L split (under
+``threshold=last_median`` almost every pair starts L) says nothing about the pairs."""
 
 from __future__ import annotations
 
@@ -14,13 +18,106 @@ from typing import Any
 import numpy as np
 
 from ..rundir.atomic import write_json_atomic
-from .trajectory import CATEGORIES, Categories, category_mean_delta
+from .trajectory import CATEGORIES, Categories, ThresholdMode, category_mean_delta
 
 log = logging.getLogger(__name__)
 
 REPORT_DIRNAME = "trajectory"  # <run_dir>/trajectory/summary.json, categories.png
 # The paper's shares on PHOENIX14T (L->L is the rest), drawn beside ours in the figure.
 PAPER_PHOENIX14T_SHARES = {"H->L": 0.359, "H->H": 0.319, "L->H": 0.178, "L->L": 0.144}
+# Warn when the first snapshot's negative similarities have a standard deviation below this
+# fraction of the last snapshot's (the two the H/L categories compare).
+SPREAD_WARNING_FRACTION = 0.2
+ONE_SIDED_SHARE = 0.1  # ... or when fewer than 10 % (or more than 90 %) of the pairs start H
+QUANTILE_SAMPLE = 1 << 21  # at most about this many negatives enter the inter-quartile range
+
+
+def negative_spread(S: np.ndarray, block_rows: int = 1024) -> dict[str, float]:
+    """Standard deviation and inter-quartile range of a square matrix's off-diagonal entries.
+
+    The standard deviation is exact (one pass in row blocks, float64 sums shifted by the first
+    block's mean so a narrow band does not cancel); the quartiles come from the negatives of evenly
+    spaced rows, all rows when N * (N - 1) <= ``QUANTILE_SAMPLE``.
+    """
+    n = S.shape[0]
+    if S.ndim != 2 or S.shape[1] != n or n < 2:
+        raise ValueError(f"need a square matrix with at least 2 rows, got {S.shape}")
+    shift, total, total_sq, count = None, 0.0, 0.0, 0
+    for r0 in range(0, n, block_rows):
+        r1 = min(r0 + block_rows, n)
+        block = np.asarray(S[r0:r1], dtype=np.float64)
+        values = block[~np.eye(r1 - r0, n, r0, dtype=bool)]
+        shift = float(values.mean()) if shift is None else shift
+        values -= shift
+        total, total_sq, count = (
+            total + values.sum(),
+            total_sq + (values**2).sum(),
+            count + len(values),
+        )
+    std = float(np.sqrt(max(total_sq / count - (total / count) ** 2, 0.0)))
+    rows = np.unique(np.linspace(0, n - 1, max(1, min(n, QUANTILE_SAMPLE // (n - 1)))).astype(int))
+    sample = np.asarray(S[rows], dtype=np.float64)
+    sample = sample[np.arange(n)[None, :] != rows[:, None]]
+    q25, q75 = np.quantile(sample, [0.25, 0.75])
+    return {"std": std, "iqr": float(q75 - q25)}
+
+
+def first_snapshot_spread(
+    S_first: np.ndarray,
+    S_last: np.ndarray,
+    first_epoch: float,
+    last_epoch: float,
+    fraction: float = SPREAD_WARNING_FRACTION,
+    categories: Categories | None = None,
+) -> dict[str, Any]:
+    """Spread of the first and last snapshot's negatives; a WARNING (both figures and what to do)
+    when the first one's standard deviation is below ``fraction`` of the last one's. With
+    ``categories`` split at the last median, also when fewer than ``ONE_SIDED_SHARE`` (or more
+    than 1 - it) of the pairs start H: the symptom of a first snapshot in a band of its own. The
+    returned record goes into ``trajectory/summary.json`` as ``first_snapshot_spread``."""
+    first, last = negative_spread(S_first), negative_spread(S_last)
+    ratio = first["std"] / last["std"] if last["std"] > 0 else None
+    low = ratio is not None and ratio < fraction
+    high_share = None
+    if categories is not None and categories.mode is ThresholdMode.last_median:
+        high_share = categories.shares["H->L"] + categories.shares["H->H"]
+    one_sided = high_share is not None and min(high_share, 1 - high_share) < ONE_SIDED_SHARE
+    record: dict[str, Any] = {
+        "first_epoch": first_epoch,
+        "last_epoch": last_epoch,
+        "first": first,
+        "last": last,
+        "std_ratio": ratio,
+        "fraction": fraction,
+        "rule": "low_spread if std(first negatives) < fraction * std(last negatives)",
+        "low_spread": low,
+        "first_high_share": high_share,
+        "one_sided": one_sided,
+        "one_sided_rule": f"share of pairs H at the first snapshot (last_median) < "
+        f"{ONE_SIDED_SHARE} or > {1 - ONE_SIDED_SHARE}",
+        "advice": None,
+    }
+    if low or one_sided:
+        record["advice"] = (
+            "start trajectories at a later snapshot (python -m scl_slt.score ... start_epoch=E, "
+            "E the epoch of a trained snapshot) or split each end at its own median "
+            "(threshold=per_snapshot)"
+        )
+    if low:
+        log.warning(
+            "the first snapshot (epoch %g) carries little spread: its negative similarities have "
+            "std %.4g (IQR %.4g), below %g x the last snapshot's (epoch %g: std %.4g, IQR %.4g; "
+            "ratio %.3f), so its H/L split is close to noise; %s",
+            first_epoch, first["std"], first["iqr"], fraction, last_epoch, last["std"],
+            last["iqr"], ratio, record["advice"],
+        )  # fmt: skip
+    if one_sided:
+        log.warning(
+            "%.1f %% of the negative pairs start H at the first snapshot (epoch %g), split at the "
+            "last snapshot's median %.4g: the categories are nearly one-sided; %s",
+            100 * high_share, first_epoch, categories.thresholds[1], record["advice"],
+        )  # fmt: skip
+    return record
 
 
 def sample_trajectories(

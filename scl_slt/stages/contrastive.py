@@ -7,12 +7,14 @@
 The batches come from the selection sampler: shuffled (``selection=random``, the CL baseline and
 the reference run) or the pair-selection curriculum fed by one of the pair scores: a reference
 run's trajectories (``selection=trajectory``, SCL), target-sentence similarity
-(``text_semantic``), a reference snapshot's visual confusability (``visual_confusable``), or
+(``text_semantic``), a reference snapshot's visual similarity (``visual_curriculum``), or
 trajectories recorded by this run itself (``online_trajectory``: after every optimizer step the
 B x B similarity of each global batch of the step's accumulation window, computed without
 gradient from the gathered projections of the loss's forward, goes into
 ``OnlineTrajectory.update`` on every rank; a step skipped as non-finite records nothing; the
-state is part of the sampler's checkpoint, so resuming is exact).
+state is part of the sampler's checkpoint, so resuming is exact). ``selection=san`` instead mines
+each anchor's hard negatives into the batch from ``selection.checkpoint``'s sign embeddings
+(``selection/hard_negatives.py``).
 
 A reference run sets ``tracker.enabled=true`` and stores snapshots of the projected features of
 the whole train split before the first update and every ``tracker.interval`` epochs. Snapshots
@@ -24,6 +26,10 @@ video->text / text->video retrieval (R@1/5/10, median rank) and, when the record
 alignments, the Sign Density Ratio go into the ``dev`` record of ``metrics.jsonl``
 (``alignment_metrics.py``). Batches that failed to load (``data.on_bad_sample=skip``) follow the
 rule of ``windows.py``.
+
+At the start of every epoch rank 0 logs what its global batches hold as one ``batch_diagnostics``
+record (``selection/diagnostics.py``: identical / near-identical targets among the in-batch
+negatives; with ``selection.diagnostics_reference``, δ, similarity and category mix).
 
 The loop below reads top to bottom; the books it keeps like stage 2 (position, accumulation
 windows, the guarded optimizer step, records, checkpoints) are ``training/loop.py``'s
@@ -46,6 +52,7 @@ from ..data.datasets import build_split
 from ..eval.alignment import evaluate_alignment
 from ..eval.translation import build_eval_loader
 from ..models import builder
+from ..selection.diagnostics import diagnostics_for
 from ..selection.online import ForwardTap, OnlineTrajectory, observe_global_batch
 from ..selection.tracker import SnapshotTracker, fingerprint_of, snapshots_dir
 from ..training.loop import TrainRun, build_train_sampler, forward_batch, signcl_term
@@ -76,7 +83,7 @@ def compute_losses(
     keys = batch["texts"] if w.mask_duplicate_texts else None
     terms["contrastive"] = losses.output_contrastive_loss(out, sim.method, sim.tau, keys)
     if w.signcl_weight > 0:
-        terms["signcl"] = signcl_term(out, text_mask, w)
+        terms["signcl"] = signcl_term(out, batch, cfg)
     loss = w.contrastive_weight * terms["contrastive"]
     if "translation" in terms:  # normalised by the global batch's tokens, not this rank's
         loss = loss + w.translation_weight * terms["translation"] * token_share
@@ -110,7 +117,10 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
         language=cfg.data.language,
         run_dir=run_dir,
         trajectory=trajectory,
+        data=cfg.data,  # san: encodes the train split with selection.checkpoint
+        device=runtime.device,
     )
+    diagnostics = diagnostics_for(cfg, train_set.records)  # what each epoch's batches hold
 
     # ---- model, snapshots, dev loader
     seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -168,8 +178,9 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
             run.check_weights("dev retrieval")
             sim = cfg.model.similarity
             found = evaluate_alignment(
-                net, dev_loader, sim.method, sim.tau, runtime.device, runtime.autocast
-            )
+                net, dev_loader, sim.method, sim.tau, runtime.device,
+                cfg.retrieval, cfg.data.language, runtime.autocast,
+            )  # fmt: skip
             metrics = {**metrics, **found}
             covered = max(covered, found["retrieval_samples"])
             log.info(
@@ -190,6 +201,8 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     dev_metrics: dict[str, Any] = {}
     run.log_start("stage 1")
     while run.running:
+        if diagnostics is not None and run.start_batch == 0:  # (a resumed epoch has its record)
+            diagnostics.log_epoch(sampler, run.epoch, run.step, run_ctx.metrics)
         model.train()
         observed: list[tuple[np.ndarray, np.ndarray]] = []  # online_trajectory, this window
         for batch_idx, batch in run.epoch_batches(train_set, collate):

@@ -39,7 +39,9 @@ class PipelineConfig:
     contrastive_epochs: int = 12
     translate_epochs: int = 30
     interval: int = 3  # reference-run snapshot interval (epochs)
-    delta: str = "endpoints"  # endpoints | slope
+    delta: str = "endpoints"  # endpoints | slope | span (selection/trajectory_window.py)
+    span_snapshots: int | None = None  # K of delta=span: δ = S^(K x interval) - S^0
+    start_epoch: int = 0  # trajectories start at the first snapshot at or after this epoch
     threshold: str = "last_median"  # last_median | per_snapshot
     compare_random: bool = False  # also run CL-SLT (random stage 1) on the same budget
     # stage-1 selections to run steps 3-4 with (configs/selection/<name>.yaml), in this order
@@ -56,11 +58,16 @@ def split_arguments(argv: list[str]) -> tuple[PipelineConfig, list[str]]:
         (mine if key in own else overrides).append(arg)
     cfg = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.from_dotlist(mine))
     cfg = OmegaConf.to_object(cfg)
-    if cfg.delta not in ("endpoints", "slope"):
-        raise ValueError(f"delta: endpoints | slope, got {cfg.delta!r}")
+    if cfg.delta not in ("endpoints", "slope", "span"):
+        raise ValueError(f"delta: endpoints | slope | span, got {cfg.delta!r}")
+    k = cfg.span_snapshots
+    if (cfg.delta == "span") != (k is not None) or (k is not None and k < 1):
+        raise ValueError(f"span_snapshots: >= 1 with delta=span only, got {cfg.span_snapshots}")
+    if cfg.start_epoch < 0:
+        raise ValueError(f"start_epoch: must be >= 0, got {cfg.start_epoch}")
     if cfg.threshold not in ("last_median", "per_snapshot"):
         raise ValueError(f"threshold: last_median | per_snapshot, got {cfg.threshold!r}")
-    known = [m.value for m in SelectionName]
+    known = [m.value for m in SelectionName if m is not SelectionName.visual_confusable]
     for name in cfg.strategies:
         if name not in known:
             raise ValueError(f"strategies: unknown selection {name!r}; one of {known}")
@@ -117,7 +124,9 @@ class Pipeline:
 
     def score(self, run_dir: Path) -> dict:
         device = None if self.cfg.device == "auto" else self.cfg.device
-        path = score_run(run_dir, delta=self.cfg.delta, threshold=self.cfg.threshold, device=device)
+        c = self.cfg
+        path = score_run(run_dir, c.delta, c.threshold, device, start_epoch=c.start_epoch,
+                         span_snapshots=c.span_snapshots)  # fmt: skip
         summary = run_dir / "trajectory" / "summary.json"
         shares = json.loads(summary.read_text()).get("shares") if summary.exists() else None
         return {"pair_scores": str(path), "category_shares": shares}
@@ -149,7 +158,8 @@ class Pipeline:
             label, stage1_dir, stage2_dir = strategy_runs(selection)
             extra = {
                 "trajectory": [f"selection.pair_scores={scores['pair_scores']}"],
-                "visual_confusable": [f"selection.snapshot={ref['run_dir']}"],
+                "visual_curriculum": [f"selection.snapshot={ref['run_dir']}"],
+                "san": [f"selection.checkpoint={ref['run_dir']}"],  # its best, else last
             }.get(selection, [])
             if selection == "random" and c.reference_epochs == c.contrastive_epochs:
                 # The reference run is this stage 1: the same config but for the tracker, which
@@ -166,6 +176,8 @@ class Pipeline:
                         f"selection={selection}",
                         *extra,
                         f"stage.epochs={c.contrastive_epochs}",
+                        # batch diagnostics against the scored reference (δ, S, categories)
+                        f"selection.diagnostics_reference={ref['run_dir']}",
                     ],
                 )
             s2 = self.step(

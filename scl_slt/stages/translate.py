@@ -47,7 +47,7 @@ def compute_losses(
     # Normalised by the global batch's tokens, not this rank's (see forward_batch).
     loss = w.translation_weight * translation * token_share
     if w.signcl_weight > 0:
-        terms["signcl"] = signcl_term(out, text_mask, w)
+        terms["signcl"] = signcl_term(out, batch, cfg)
         loss = loss + w.signcl_weight * terms["signcl"]
     return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
@@ -66,7 +66,8 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     dev_set = build_split(cfg.data, "dev", feature_dim=width) if s.eval_every > 0 else None
     tokenizer = run_tokenizer(cfg, run_dir, train_set.texts, source_dir=stage1_tokenizer)
     collate = Collator(tokenizer)
-    sampler = build_train_sampler(cfg, runtime, len(train_set))  # random batches
+    # random batches (texts: for selection.distinct_targets)
+    sampler = build_train_sampler(cfg, runtime, len(train_set), texts=train_set.texts)
 
     # ---- model (text branch dropped), optionally initialised from stage 1
     seed_everything(cfg.seed)  # the same initial weights on every rank

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import losses
-from ..config import LossConfig, TrainConfig
+from ..config import TrainConfig
 from ..data.batching import BatchLoader, worker_init_fn
 from ..eval.translation import score_rows, translate_loader
 from ..models.slt import ModelOutput
@@ -67,12 +67,16 @@ log = logging.getLogger(__name__)
 LossFn = Callable[[torch.nn.Module, dict[str, Any], TrainConfig, Runtime], tuple[Any, dict]]
 
 
-def signcl_term(out: ModelOutput, text_mask: torch.Tensor, w: LossConfig) -> torch.Tensor:
-    """The SignCL term of both stages' losses, on the sign features in fp32."""
+def signcl_term(out: ModelOutput, batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
+    """The SignCL term of both stages' losses, on the sign features in fp32; the margin from
+    each clip's video frames and spoken words (``losses.signcl_loss``)."""
+    w = cfg.loss
+    words = [losses.spoken_units(t, cfg.data.language) for t in batch["texts"]]
     return losses.signcl_loss(
         out.sign_features.float(),  # (B, T', D)
         out.sign_mask.sum(1),
-        text_mask.sum(1),
+        batch["video_frames"],
+        torch.tensor(words, dtype=torch.long),
         w.signcl_margin_min,
         w.signcl_margin_ratio,
         w.signcl_m,

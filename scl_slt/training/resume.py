@@ -47,6 +47,8 @@ RESUME_FREE_KEYS = (
     # how fast, not what: the same training to float tolerance (models/speed_options.py)
     *("stage.optimizer_impl", "stage.compile", "model.activation_checkpointing"),
     "model.channels_last",
+    "retrieval",  # how dev retrieval is scored, not training; each dev record names its protocol
+    *("selection.diagnostics", "selection.diagnostics_reference"),  # measured, not trained
 )
 
 

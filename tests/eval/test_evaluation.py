@@ -370,9 +370,14 @@ def test_evaluate_config_is_checked_before_any_work(tmp_path):
         ("split=valid", "split: expected one of"),
         ("batch_size=0", "batch_size"),
         ("num_beams=0", "num_beams"),
+        ("retrieval.fine_k=0", "retrieval.fine_k"),
     ):
         with pytest.raises(ConfigError, match=message):
             validate_evaluate(_compose([f"run_dir={tmp_path}", override]))
+    with pytest.raises(ConfigCompositionException):  # names the key and the allowed values
+        _compose([f"run_dir={tmp_path}", "retrieval.duplicates=sometimes"])
+    cfg = validate_evaluate(_compose([f"run_dir={tmp_path}", "retrieval.duplicates=hit"]))
+    assert cfg.retrieval.duplicates.value == "hit" and cfg.retrieval.fine_k is None
 
 
 def test_entry_point_fails_early_and_leaves_no_hydra_folders(tmp_path):
@@ -401,11 +406,13 @@ def test_evaluate_stage1_checkpoint_equals_direct_generation(tiny_train_cfg):
 
     import yaml
 
-    from scl_slt.config import to_container
+    from scl_slt.config import RetrievalConfig, RetrievalOverrides, to_container
     from scl_slt.config_checks import validate_train
     from scl_slt.data.datasets import build_split
     from scl_slt.eval.evaluator import evaluate_run
+    from scl_slt.eval.retrieval import protocol_metrics
     from scl_slt.models.builder import build_model, build_tokenizer
+    from scl_slt.models.similarity import pairwise_similarity
     from scl_slt.rundir.checkpoint import save_checkpoint
 
     cfg = validate_train(tiny_train_cfg("stage=contrastive"))
@@ -435,6 +442,30 @@ def test_evaluate_stage1_checkpoint_equals_direct_generation(tiny_train_cfg):
     assert read_lines(out / "references.txt") == test_set.texts
     assert any(direct), "the untrained model should still emit tokens"
     assert metrics == compute_metrics(direct, test_set.texts, "de")
+
+    # Stage 1 keeps the text branch: retrieval under the run's protocol (default: exclude,
+    # fine_k 10) is in metrics.json with its protocol, equal to the protocol computed directly.
+    written = json.loads((out / "metrics.json").read_text())["alignment"]
+    similarity = (cfg.model.similarity.method, cfg.model.similarity.tau)
+    with torch.no_grad():
+        batch = Collator(tokenizer)([test_set[i] for i in range(len(test_set))])
+        o = model(batch["inputs"], batch["input_lengths"], batch["text_ids"], batch["text_mask"])
+        sim = pairwise_similarity(
+            o.video_proj, o.video_proj_mask, o.text_proj, o.text_proj_mask, *similarity
+        ).numpy()
+    for duplicates, fine_k in (("exclude", 10), ("miss", 2)):
+        if duplicates != "exclude":  # evaluate's override over the run's setting
+            overrides = RetrievalOverrides(duplicates=duplicates, fine_k=fine_k)
+            evaluate_run(run_dir, "last", "test", device="cpu", retrieval=overrides)
+            written = json.loads((out / "metrics.json").read_text())["alignment"]
+        protocol = RetrievalConfig(duplicates=duplicates, fine_k=fine_k)
+        want = protocol_metrics(sim, test_set.texts, protocol, "de")
+        assert written["retrieval_protocol"] == want["retrieval_protocol"]
+        assert written["retrieval_protocol"]["duplicates"] == duplicates
+        assert written["retrieval_protocol"]["fine_k_used"] == min(fine_k, 5)
+        for key in ("v2t_r1", "t2v_r10", "v2t_medr", "fine_v2t_r1", "fine_t2v_r1", "fine_t2v_medr"):
+            assert written[key] == pytest.approx(want[key], abs=1e-9), key
+        assert ("fine_v2t_r5" in written) == (fine_k >= 5)
 
     # The weights really come from the checkpoint: another initialisation translates otherwise.
     torch.manual_seed(2)

@@ -44,6 +44,23 @@ BLEU4 = {
     CL_SLT: (18.0, 19.0, 20.0),
     SCL_SLT: (25.0, 26.5, 30.5),
 }
+# The test sentences every run translates, and what each component row's runs output for them
+# (constructed for the paired test, independent of the scores above): CL-SLT gets most of each
+# sentence right, SCL-SLT all, w/ CL exactly what CL-SLT outputs; w/ SCL differs in one
+# sentence in seed 0 (right) and one in seed 1 (wrong): a difference the test should not call real.
+REFERENCES = [f"regen {w} am {d} im {r}" for w in ("und wind", "oder sonne", "mit schnee")
+              for d in ("montag", "dienstag", "mittwoch", "freitag")
+              for r in ("norden", "sueden", "westen", "osten")]  # fmt: skip
+# Every sentence but its last two words: each still has 4-gram matches, so one sentence more or
+# less moves corpus BLEU-4 a little (from none at all it would jump).
+HALF = [" ".join(r.split()[:-2] + ["xx", "xx"]) for r in REFERENCES]
+HYPOTHESES = {
+    BASELINE: ["xx yy zz"] * len(REFERENCES),
+    W_CL: HALF,
+    W_SCL: {0: [REFERENCES[0], *HALF[1:]], 1: [HALF[0], "xx", *HALF[2:]], 2: HALF},
+    CL_SLT: HALF,
+    SCL_SLT: REFERENCES,
+}
 SHARES = {  # trajectory category shares of the three reference runs
     0: {"H->L": 0.40, "H->H": 0.30, "L->H": 0.20, "L->L": 0.10},
     1: {"H->L": 0.30, "H->H": 0.30, "L->H": 0.30, "L->L": 0.10},
@@ -85,8 +102,10 @@ def make_run(
     shares: dict[str, float] | None = None,
     alignment: dict[str, float] | None = None,
     epochs: int | None = None,
+    hypotheses: list[str] | None = None,
 ) -> Path:
-    """A run directory as training and evaluation leave it (``bleu4=None``: not evaluated)."""
+    """A run directory as training and evaluation leave it (``bleu4=None``: not evaluated);
+    its predictions are ``hypotheses`` for ``REFERENCES`` (default: CL-SLT's)."""
     path.mkdir(parents=True)
     config = to_container(TrainConfig(run_dir=str(path), seed=seed))
     config["data"]["name"] = dataset
@@ -109,7 +128,9 @@ def make_run(
     lines = [json.dumps(r) for r in records] + ['{"split": "train", "st']  # a line cut by a crash
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if bleu4 is not None:
-        rows = [{"index": 0, "name": "clip0", "hypothesis": "regen", "reference": "regen heute"}]
+        hypotheses = HYPOTHESES[CL_SLT] if hypotheses is None else hypotheses
+        rows = [{"index": i, "name": f"clip{i}", "hypothesis": h, "reference": r}
+                for i, (h, r) in enumerate(zip(hypotheses, REFERENCES))]  # fmt: skip
         meta = {"split": "test", "checkpoint": str(path / "checkpoints" / "best")}
         write_predictions(path / "eval" / "best" / "test", rows, scores(bleu4), meta, alignment)
     if shares is not None:
@@ -128,15 +149,17 @@ def make_pipeline(root: Path, seed: int, dataset: str = "phoenix14t") -> Path:
     pairs = ref / "pair_scores.npy"
     i = SEEDS.index(seed)
     scl = make_run(out / "2-selective", dataset=dataset, selection="trajectory", seed=seed,
-                   pair_scores=pairs, bleu4=BLEU4[W_SCL][i])  # fmt: skip
-    cl = make_run(out / "2-random", dataset=dataset, seed=seed, bleu4=BLEU4[W_CL][i])
+                   pair_scores=pairs, bleu4=BLEU4[W_SCL][i], hypotheses=HYPOTHESES[W_SCL][seed])  # fmt: skip
+    cl = make_run(out / "2-random", dataset=dataset, seed=seed, bleu4=BLEU4[W_CL][i],
+                  hypotheses=HYPOTHESES[W_CL])  # fmt: skip
     make_run(out / "3-translate", dataset=dataset, stage="translate", seed=seed, init_from=scl,
-             bleu4=BLEU4[SCL_SLT][i])  # fmt: skip
+             bleu4=BLEU4[SCL_SLT][i], hypotheses=HYPOTHESES[SCL_SLT])  # fmt: skip
     make_run(out / "3-translate-random", dataset=dataset, stage="translate", seed=seed,
-             init_from=cl / "checkpoints" / "step-00000010", bleu4=BLEU4[CL_SLT][i])  # fmt: skip
+             init_from=cl / "checkpoints" / "step-00000010", bleu4=BLEU4[CL_SLT][i],
+             hypotheses=HYPOTHESES[CL_SLT])  # fmt: skip
     (cl / "checkpoints" / "step-00000010").mkdir(parents=True)
     make_run(root / "baseline" / f"seed{seed}", dataset=dataset, stage="translate", seed=seed,
-             bleu4=BLEU4[BASELINE][i])  # fmt: skip
+             bleu4=BLEU4[BASELINE][i], hypotheses=HYPOTHESES[BASELINE])  # fmt: skip
     timings = {"reference": 10.0 + seed, "score": 2.0, "2-selective": 30.0}
     (out / "pipeline.json").write_text(json.dumps({"_timings": timings}))
     return out
@@ -170,10 +193,13 @@ def runs_root(tmp_path_factory) -> Path:
         root / "broken" / "orphan", stage="translate", init_from=root / "gone" / "x", bleu4=2.0
     )
     labelled = make_run(root / "broken" / "labelled", stage="translate",
-                        init_from=root / "gone" / "y", seed=4, bleu4=31.5)  # fmt: skip
+                        init_from=root / "gone" / "y", seed=4, bleu4=31.5,
+                        hypotheses=HYPOTHESES[SCL_SLT])  # fmt: skip
     (labelled / "report.json").write_text(json.dumps({"report_row": SCL_SLT}))
     bad_label = make_run(root / "broken" / "bad-label", stage="translate", seed=5, bleu4=3.0)
     (bad_label / "report.json").write_text(json.dumps(["SCL-SLT"]))
+    # A baseline run whose translations are gone (metrics.json kept).
+    (root / "baseline" / "seed2" / "eval" / "best" / "test" / "predictions.tsv").unlink()
     # A second dataset without paper numbers.
     make_run(root / "synthetic" / "baseline", dataset="synthetic", stage="translate", bleu4=40.0)
     return root
@@ -232,19 +258,81 @@ def test_component_table_means_and_stds(report):
     assert csv_row(rows, "component", "phoenix14t", SCL_SLT, "bleu4")["paper"] == "26.00"
     assert csv_row(rows, "component", "phoenix14t", BASELINE, "rouge_l")["paper"] == "41.81"
     assert csv_row(rows, "component", "phoenix14t", W_SCL, "bleu1")["paper"] == ""
-    # The Markdown line of a row, numbers as computed by hand: 10, 11, 15 -> 12.00 ± 2.65.
+    # The Markdown line of a row, numbers as computed by hand: 10, 11, 15 -> 12.00 ± 2.65 and
+    # the interval 12 ± t(0.975, 2) * sqrt(7) / sqrt(3), t = 4.302653 (published tables).
+    half = 4.302653 * math.sqrt(7) / math.sqrt(3)
+    got = csv_row(rows, "component", "phoenix14t", BASELINE, "bleu4")
+    assert float(got["ci_low"]) == pytest.approx(12 - half, abs=1e-4)
+    assert float(got["ci_high"]) == pytest.approx(12 + half, abs=1e-4)
+    cells = [f"{m:.2f} ± {math.sqrt(7):.2f} [{m - half:.1f}, {m + half:.1f}]"
+             for m in (42, 32, 22, 12, 37)]  # fmt: skip
     markdown = report.files["tables.md"].read_text()
-    assert (
-        "| baseline end-to-end | 3 | 0 1 2 | 42.00 ± 2.65 | 32.00 ± 2.65 | 22.00 ± 2.65 | "
-        "12.00 ± 2.65 | 37.00 ± 2.65 | 21.97 | 41.81 |" in markdown
+    line = (
+        "| baseline end-to-end | 3 | 0 1 2 | " + " | ".join(cells) + " | < 0.001 | 21.97 | 41.81 |"
     )
-    assert "| w/ CL | 3 | 0 1 2 | 42.00 ± 0.00 |" in markdown
-    # The synthetic dataset has its own table, one run (no ±), no paper columns.
+    assert line in markdown
+    assert "| w/ CL | 3 | 0 1 2 | 42.00 ± 0.00 [42.0, 42.0] |" in markdown
+    # The synthetic dataset has its own table, one run (no ±, no interval), no paper columns.
     synthetic = csv_row(rows, "component", "synthetic", BASELINE, "bleu4")
     assert (synthetic["n"], float(synthetic["mean"]), synthetic["std"]) == ("1", 40.0, "")
-    assert "| baseline end-to-end | 1 | 0 | 70.00 | 60.00 | 50.00 | 40.00 | 65.00 |" in markdown
+    assert (synthetic["ci_low"], synthetic["p_value"]) == ("", "")
+    assert synthetic["test"] == "not tested: no CL-SLT run"
+    assert (
+        "| baseline end-to-end | 1 | 0 | 70.00 (1 seed) | 60.00 (1 seed) | 50.00 (1 seed) | "
+        "40.00 (1 seed) | 65.00 (1 seed) | not tested |" in markdown
+    )
     # The pipelines' step times (pipeline.json): seed 2 took 12 + 2 + 30 s.
     assert "reference 12, score 2, 2-selective 30 | 44 |" in markdown
+
+
+def test_rows_not_significantly_different_from_cl_slt_are_marked(report):
+    """The paired test against CL-SLT on the constructed translations: SCL-SLT (all right) and
+    the baseline (all wrong) differ; w/ CL (identical) and w/ SCL (two sentences) do not."""
+    rows = read_csv(report.files["tables.csv"])
+    tested = {label: csv_row(rows, "component", "phoenix14t", label, "bleu4") for label in BLEU4}
+    assert tested[CL_SLT]["test"] == "reference row" and tested[CL_SLT]["p_value"] == ""
+    assert float(tested[W_CL]["p_value"]) == 1.0 and tested[W_CL]["significant"] == "no"
+    assert float(tested[W_SCL]["p_value"]) >= 0.05 and tested[W_SCL]["significant"] == "no"
+    for label in (SCL_SLT, BASELINE):
+        assert float(tested[label]["p_value"]) < 0.01 and tested[label]["significant"] == "yes"
+    n = len(REFERENCES)
+    assert (
+        tested[W_SCL]["test"]
+        == f"paired bootstrap BLEU-4 vs CL-SLT, seeds 0 1 2, {3 * n} sentences"
+    )
+    # Left out of the test, and said: the labelled SCL-SLT run's seed 4 has no CL-SLT partner;
+    # the baseline's seed 2 has no predictions.
+    assert tested[SCL_SLT]["test"].endswith(
+        f"{3 * n} sentences; seed 4: no CL-SLT run with this seed"
+    )
+    assert (
+        "seed 2: no predictions" in tested[BASELINE]["test"]
+        and "seeds 0 1," in tested[BASELINE]["test"]
+    )
+    assert csv_row(rows, "component", "phoenix14t", BASELINE, "bleu3")["p_value"] == ""
+    markdown = report.files["tables.md"].read_text()
+    table = markdown.split("### Component table")[1].split("###")[0]
+    lines = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "| p (BLEU-4 vs CL-SLT) |" in lines["row"]
+    for label in (W_CL, W_SCL):
+        assert "] † |" in lines[label], lines[label]
+    for label in (SCL_SLT, BASELINE, CL_SLT):
+        assert "†" not in lines[label]
+    assert lines[CL_SLT].endswith("| reference | 25.01 | 46.13 |")
+    assert (
+        "† not significantly different from CL-SLT (paired bootstrap on BLEU-4, p >= 0.05)" in table
+    )
+    assert (
+        "- SCL-SLT (BLEU-4): tested on seeds 0 1 2; seed 4: no CL-SLT run with this seed" in table
+    )
+    assert "- baseline end-to-end (BLEU-4): tested on seeds 0 1; seed 2: no predictions (" in table
+    assert "paired bootstrap resampling (1000 resamples, bootstrap seed 12345)" in markdown
+    # The strategy table: both BLEU-4 columns against the random row.
+    strategy = csv_row(rows, "strategies", "phoenix14t", "trajectory", "stage2_bleu4")
+    assert float(strategy["p_value"]) < 0.01  # SCL-SLT's translations against CL-SLT's
+    stage1 = csv_row(rows, "strategies", "phoenix14t", "trajectory", "stage1_bleu4")
+    assert float(stage1["p_value"]) >= 0.05  # w/ SCL against w/ CL: two sentences apart
+    assert "| p (stage-1 BLEU-4 vs random) | p (BLEU-4 after stage 2 vs random) |" in markdown
 
 
 def test_ablation_tables_group_by_the_other_factors(report):
@@ -403,7 +491,11 @@ def test_strategy_table_joins_stage1_alignment_with_stage2_bleu(tmp_path):
     line = next(x for x in markdown.splitlines() if x.startswith("| text_semantic | 2 |"))
     assert f"{mean:.3f} ± {std:.3f}" in line  # SDR with three decimals
     mean, std = hand_mean_std([57.0, 59.0])
-    assert line.endswith(f"| {mean:.2f} ± {std:.2f} |")  # last column: BLEU-4 after stage 2
+    # BLEU-4 after stage 2 with its interval (t(0.975, 1) = 12.706205: half = t * s / sqrt(2)),
+    # then the two p columns: every run here outputs the same translations, so p = 1 (dagger).
+    half = 12.706205 * std / math.sqrt(2)
+    interval = f"[{mean - half:.1f}, {mean + half:.1f}]"
+    assert line.endswith(f"| {mean:.2f} ± {std:.2f} {interval} † | 1.000 | 1.000 |"), line
     assert "V→T R@1" in markdown and "BLEU-4 after stage 2" in markdown
     component = next(x for x in markdown.splitlines() if x.startswith("| row | n | seeds | BLEU-1"))
     assert "| BLEU-4 |" in component  # the component table keeps its own column names

@@ -180,7 +180,7 @@ def test_build_trajectory_errors_name_the_file_or_key(tmp_path):
         build_batch_sampler(cfg, 20, 4, epochs=2, seed=0)
 
 
-@pytest.mark.parametrize("name", ["text_semantic", "visual_confusable", "online_trajectory"])
+@pytest.mark.parametrize("name", ["text_semantic", "visual_curriculum", "san", "online_trajectory"])
 def test_build_later_selections_raise_config_error(name):
     with pytest.raises(ConfigError, match=f"selection.name.*{name}"):
         build_batch_sampler(SelectionConfig(name=name), 20, 4, epochs=2, seed=0)

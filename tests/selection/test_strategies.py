@@ -1,4 +1,4 @@
-"""text_semantic and visual_confusable pair scores: hand-built cases, naive references, and the
+"""text_semantic and visual_curriculum pair scores: hand-built cases, naive references, and the
 curriculum they feed through build_batch_sampler."""
 
 from __future__ import annotations
@@ -15,11 +15,16 @@ from scl_slt.config import ConfigError, SelectionConfig
 from scl_slt.selection.build import build_batch_sampler
 from scl_slt.selection.curriculum import CurriculumBatchSampler
 from scl_slt.selection.pair_scores import score_file
-from scl_slt.selection.pair_scores.text import sentence_terms, text_semantic_scores
+from scl_slt.selection.pair_scores.text import (
+    pair_similarity,
+    sentence_terms,
+    text_semantic_scores,
+    tfidf_vectors,
+)
 from scl_slt.selection.pair_scores.visual import (
     pooled_video_embeddings,
     resolve_snapshot,
-    visual_confusable_scores,
+    visual_curriculum_scores,
 )
 from scl_slt.selection.tracker import names_hash, read_snapshot
 
@@ -81,6 +86,26 @@ def test_tfidf_matches_naive_reference_de(tmp_path):
     np.testing.assert_allclose(got, naive_tfidf_cosine(docs), atol=2e-3)
     assert got[0, 3] == pytest.approx(1.0, abs=1e-3)
     assert (got[4] == 0).all()
+
+
+def test_pair_similarity_matches_naive_cosine_for_any_pairs():
+    texts = [
+        "heute regnet es im norden",
+        "morgen regnet es im norden und im süden",
+        "es bleibt trocken",
+        "heute regnet es im norden",
+        "",
+        "sonne sonne sonne im osten",
+    ]
+    naive = naive_tfidf_cosine([sentence_terms(t, "de") for t in texts])
+    tfidf = tfidf_vectors(texts, "de")
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, len(texts), 200), rng.integers(0, len(texts), 200)
+    for chunk in (1, 7, 1 << 16):  # chunk boundaries do not change anything
+        got = pair_similarity(tfidf, i, j, chunk_pairs=chunk)
+        np.testing.assert_allclose(got, naive[i, j], atol=1e-6)
+    assert pair_similarity(tfidf, [0], [3])[0] == pytest.approx(1.0)
+    assert pair_similarity(tfidf, [4], [0])[0] == 0.0
 
 
 def test_tfidf_zh_character_ngrams(tmp_path):
@@ -173,7 +198,7 @@ def test_embedding_model_path_errors(tmp_path):
         text_semantic_scores(["a"], "de", tmp_path / "s.npy", "embedding", None)
 
 
-# -------------------------------------------------------------------------- visual_confusable
+# -------------------------------------------------------------------------- visual_curriculum
 def write_snapshot(root: Path, epoch: int, video: list[np.ndarray], names=None, texts=None) -> Path:
     """A snapshot folder in the tracker's on-disk format, from per-sample (Tv_i, d) tokens."""
     n = len(video)
@@ -208,10 +233,10 @@ def fake_videos() -> list[np.ndarray]:
     ]
 
 
-def test_visual_confusable_on_fake_snapshot(tmp_path):
+def test_visual_curriculum_on_fake_snapshot(tmp_path):
     videos = fake_videos()
     folder = write_snapshot(tmp_path, 5, videos)
-    got = load(visual_confusable_scores(folder, tmp_path / "v.npy"))
+    got = load(visual_curriculum_scores(folder, tmp_path / "v.npy"))
     pooled = [v.mean(axis=0) / np.linalg.norm(v.mean(axis=0)) for v in videos]
     expected = np.array([[float(a @ b) for b in pooled] for a in pooled])
     np.testing.assert_allclose(got, expected, atol=2e-3)
@@ -220,7 +245,7 @@ def test_visual_confusable_on_fake_snapshot(tmp_path):
     chunked = pooled_video_embeddings(read_snapshot(folder), chunk_samples=3)
     np.testing.assert_allclose(chunked, np.stack(pooled), atol=1e-3)  # fp16 features
     record = json.loads((tmp_path / "v.json").read_text())
-    assert record["strategy"] == "visual_confusable" and record["snapshot_epoch"] == 5
+    assert record["strategy"] == "visual_curriculum" and record["snapshot_epoch"] == 5
 
 
 def test_resolve_snapshot_takes_the_latest(tmp_path):
@@ -284,21 +309,21 @@ def test_text_semantic_sampler_errors(tmp_path):
         build_batch_sampler(cfg, 4, 2, epochs=2, seed=0, texts=PAIRED_TEXTS, language="de")
 
 
-def test_visual_confusable_sampler(tmp_path):
+def test_visual_curriculum_sampler(tmp_path):
     names = [f"train/clip-{i}" for i in range(4)]
     write_snapshot(tmp_path / "reference", 10, fake_videos(), names=names)
-    cfg = SelectionConfig(name="visual_confusable", schedule="hard_only",
+    cfg = SelectionConfig(name="visual_curriculum", schedule="hard_only",
                           snapshot=str(tmp_path / "reference"))  # fmt: skip
     sampler = build_batch_sampler(
         cfg, 4, 2, epochs=1, seed=0, names=names, run_dir=tmp_path / "run"
     )
-    assert sampler.kind == "visual_confusable"
+    assert sampler.kind == "visual_curriculum"
     assert sorted(map(set, sampler.global_batches(0)), key=min) == [{0, 2}, {1, 3}]
     with pytest.raises(ValueError, match="selection.snapshot.*not the training split"):
         build_batch_sampler(cfg, 4, 2, epochs=1, seed=0, names=names[::-1], run_dir=tmp_path)
     with pytest.raises(ValueError, match="selection.snapshot"):
         build_batch_sampler(cfg, 5, 2, epochs=1, seed=0, run_dir=tmp_path)
-    cfg = SelectionConfig(name="visual_confusable")
+    cfg = SelectionConfig(name="visual_curriculum")
     with pytest.raises(ConfigError, match="selection.snapshot"):
         build_batch_sampler(cfg, 4, 2, epochs=1, seed=0, run_dir=tmp_path)
 

@@ -88,11 +88,11 @@ def _write_snapshot(folder: Path, names: list[str], texts: list[str]) -> Path:
 
 
 # ------------------------------------------------------------------- curriculum strategies
-@pytest.mark.parametrize("strategy", ["text_semantic", "visual_confusable"])
+@pytest.mark.parametrize("strategy", ["text_semantic", "visual_curriculum"])
 def test_strategy_batches_are_the_strategys_curriculum(strategy, make_cfg, recorded, tmp_path):
     train = build_split(validate_train(make_cfg()).data, "train")
     extra = [f"selection={strategy}"]
-    if strategy == "visual_confusable":
+    if strategy == "visual_curriculum":
         snapshot = _write_snapshot(tmp_path / "reference", train.names, train.texts)
         extra.append(f"selection.snapshot={snapshot}")
     cfg = validate_train(make_cfg(*extra))
@@ -175,12 +175,12 @@ def test_online_trajectory_resumes_exactly(make_cfg, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------- retrieval and SDR
 def _naive_ranks(sim: list[list[float]], texts: list[str]) -> list[int]:
-    """Rank of each row query's best hit (identical text = hit); ties count against it."""
+    """Rank of each row query's true pair under the default ``retrieval.duplicates=exclude``
+    (other candidates with the query's sentence are not candidates); ties count against it."""
     ranks = []
     for i, row in enumerate(sim):
-        hits = [j for j in range(len(row)) if texts[j] == texts[i]]
-        best = max(row[j] for j in hits)
-        ranks.append(1 + sum(1 for j in range(len(row)) if j not in hits and row[j] >= best))
+        others = [j for j in range(len(row)) if j != i and texts[j] != texts[i]]
+        ranks.append(1 + sum(1 for j in others if row[j] >= row[i]))
     return ranks
 
 
@@ -229,6 +229,10 @@ def test_retrieval_and_sdr_are_logged_and_printed_by_evaluate(make_cfg):
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("retrieval: "))
     assert f"v2t_r1={dev[-1]['v2t_r1']:.2f}" in line and f"SDR {dev[-1]['sdr']:.4f}" in line
+    assert dev[-1]["retrieval_protocol"]["duplicates"] == "exclude"  # the protocol, per record
+    assert "retrieval protocol: duplicates=exclude" in proc.stdout
+    fine = next(x for x in proc.stdout.splitlines() if x.startswith("fine-grained retrieval: "))
+    assert f"fine_t2v_r1={dev[-1]['fine_t2v_r1']:.2f}" in fine
     written = json.loads((run_dir / "eval" / "last" / "dev" / "metrics.json").read_text())
     for key in ("v2t_r1", "v2t_r10", "t2v_r5", "t2v_medr", "sdr"):
         assert written["alignment"][key] == pytest.approx(dev[-1][key], rel=1e-6)
@@ -240,9 +244,9 @@ def test_retrieval_and_sdr_are_logged_and_printed_by_evaluate(make_cfg):
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        (["selection=visual_confusable"], "selection.snapshot"),
+        (["selection=visual_curriculum"], "selection.snapshot"),
         (
-            ["selection=visual_confusable", "selection.snapshot=/no/such/folder"],
+            ["selection=visual_curriculum", "selection.snapshot=/no/such/folder"],
             "selection.snapshot",
         ),
         (["selection=online_trajectory", "selection.online_decay=1.0"], "selection.online_decay"),

@@ -36,6 +36,7 @@ MATRIX = {
     ),
     "dev evaluation (stage 1)": ("contrastive", (), ("stage.eval_every=1",), True),
     "retrieval evaluation": ("contrastive", (), ("stage.retrieval_every=1",), True),
+    "batch diagnostics": ("contrastive", ("selection.diagnostics=false",), (), True),
     "dev evaluation (stage 2)": ("translate", (), ("stage.eval_every=1",), True),
     "evaluation batch size": (
         "translate",

@@ -149,7 +149,7 @@ def cache_root(cfg: SyntheticConfig) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[bool]:
+def locked_file(path: Path) -> Iterator[bool]:
     """Exclusive file lock (POSIX); yields False where locking is unavailable."""
     try:
         import fcntl
@@ -164,7 +164,7 @@ def _locked(path: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build_atomically(final: Path, build, may_clean_stale: bool) -> None:
+def build_atomically(final: Path, build, may_clean_stale: bool) -> None:
     """Run ``build(tmp)`` in a fresh temporary folder beside ``final``, then rename it in place.
 
     A concurrent builder whose folder was renamed first wins (possible only without the file
@@ -196,7 +196,7 @@ def ensure_synthetic(cfg: SyntheticConfig, modality: Modality) -> Path:
     if complete():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(root.parent / f".{root.name}.lock") as locked:
+    with locked_file(root.parent / f".{root.name}.lock") as locked:
         if not (root / META).is_file():
             if root.exists():
                 raise DataError(
@@ -204,11 +204,11 @@ def ensure_synthetic(cfg: SyntheticConfig, modality: Modality) -> Path:
                     "(delete the folder to regenerate it)"
                 )
             start = time.perf_counter()
-            _build_atomically(root, lambda tmp: _generate_dataset(cfg, tmp), locked)
+            build_atomically(root, lambda tmp: _generate_dataset(cfg, tmp), locked)
             log.info("synthetic dataset generated in %.1fs: %s", time.perf_counter() - start, root)
         if frames_needed and not (root / "frames").is_dir():
             start = time.perf_counter()
             build = lambda tmp: _generate_frames(cfg, root, tmp)  # noqa: E731
-            _build_atomically(root / "frames", build, locked)
+            build_atomically(root / "frames", build, locked)
             log.info("synthetic frames rendered in %.1fs: %s", time.perf_counter() - start, root)
     return root

@@ -9,8 +9,11 @@ diagonal (a sample with itself) is never read by the curriculum.
 
 - ``text_semantic`` (``text.py``): similarity of the target sentences (TF-IDF or a local
   sentence-embedding model);
-- ``visual_confusable`` (``visual.py``): cosine of the reference model's pooled video embeddings
-  from a tracker snapshot.
+- ``visual_curriculum`` (``visual.py``): cosine of the reference model's pooled projected video
+  tokens from a tracker snapshot.
+
+``san`` brings no score file: it mines each anchor's hard negatives from sign embeddings
+(``hard_negatives.py``, its embeddings cached by ``sign_embedding.py``).
 
 ``prepare_strategy_scores`` computes a strategy's file once per run and reuses it while the
 record beside it matches the inputs.
@@ -28,7 +31,7 @@ from ...config import ConfigError, SelectionConfig, SelectionName
 from ..tracker import read_snapshot
 from .score_file import record_matches
 from .text import text_semantic_key, text_semantic_scores
-from .visual import resolve_snapshot, visual_confusable_key, visual_confusable_scores
+from .visual import resolve_snapshot, visual_curriculum_key, visual_curriculum_scores
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ def prepare_strategy_scores(
     language: str | None,
     run_dir: str | os.PathLike | None,
 ) -> Path:
-    """The score file of ``text_semantic`` / ``visual_confusable``, computed once per run.
+    """The score file of ``text_semantic`` / ``visual_curriculum``, computed once per run.
 
     Written to ``<run_dir>/selection/<name>.npy`` and reused while its record matches (same
     texts, language and method; same snapshot). Under torch.distributed rank 0 computes and the
@@ -62,10 +65,10 @@ def prepare_strategy_scores(
 
         def compute(path: Path) -> Path:
             return text_semantic_scores(texts, language, path, cfg.text_method, cfg.text_model_path)
-    elif name is SelectionName.visual_confusable:
+    elif name is SelectionName.visual_curriculum:
         if not cfg.snapshot:
             raise ConfigError(
-                "selection.snapshot: selection.name=visual_confusable needs a reference run's "
+                "selection.snapshot: selection.name=visual_curriculum needs a reference run's "
                 "snapshot folder (epoch-NNNN, its snapshots/ folder or the run folder)"
             )
         snapshot = read_snapshot(resolve_snapshot(cfg.snapshot))
@@ -76,10 +79,10 @@ def prepare_strategy_scores(
                 f"selection.snapshot: {snapshot.path} holds {snapshot.num_samples} samples that "
                 f"are not the training split's {num_samples} in dataset order"
             )
-        key = visual_confusable_key(snapshot)
+        key = visual_curriculum_key(snapshot)
 
         def compute(path: Path) -> Path:
-            return visual_confusable_scores(snapshot.path, path)
+            return visual_curriculum_scores(snapshot.path, path)
     else:
         raise ValueError(f"prepare_strategy_scores: {name.value} has no score file")
     if run_dir is None:

@@ -106,6 +106,46 @@ def tfidf_vectors(texts: Sequence[str], language: str) -> TfidfMatrix:
     )
 
 
+# Near-identical targets: two different sentences whose TF-IDF cosine (``tfidf_vectors``, the
+# words / character 1-2-grams of ``sentence_terms``) is at least this are "near-identical" (the
+# batch diagnostics, SAN's exclusion of semantically equal pairs, fine-grained retrieval's
+# candidates). 0.8 keeps sentences that differ in one or two words of a dozen.
+NEAR_IDENTICAL_TFIDF = 0.8
+
+
+def pair_similarity(
+    tfidf: TfidfMatrix, i: np.ndarray, j: np.ndarray, chunk_pairs: int = 1 << 16
+) -> np.ndarray:
+    """TF-IDF cosine of the sentence pairs ``(i[k], j[k])``: (K,) float64 in [0, 1].
+
+    Sparse row dot products, no N x N matrix (usable at CSL-Daily scale for the pairs of every
+    batch of an epoch): the entries of both rows of every pair in a chunk are keyed by
+    ``pair * V + term``, sorted, and equal neighbouring keys (a term in both rows; a row holds
+    each term once) contribute the product of their weights to their pair."""
+    i = np.asarray(i, dtype=np.int64).ravel()
+    j = np.asarray(j, dtype=np.int64).ravel()
+    if i.shape != j.shape:
+        raise ValueError(f"pair_similarity: {i.size} left but {j.size} right indices")
+    out = np.zeros(i.size, dtype=np.float64)
+    vocab = tfidf.shape[1]
+    for c0 in range(0, i.size, chunk_pairs):
+        rows = np.concatenate([i[c0 : c0 + chunk_pairs], j[c0 : c0 + chunk_pairs]])  # (2k,)
+        pair = np.tile(np.arange(rows.size // 2, dtype=np.int64), 2)
+        starts, counts = tfidf.crow[rows], np.diff(tfidf.crow)[rows]
+        owner = np.repeat(np.arange(rows.size), counts)  # entry -> position in ``rows``
+        entry = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        entry += starts[owner]  # entry -> index into col / val
+        keys = pair[owner] * vocab + tfidf.col[entry]
+        order = np.argsort(keys, kind="stable")
+        keys, weights = keys[order], tfidf.val[entry[order]].astype(np.float64)
+        same = np.flatnonzero(keys[1:] == keys[:-1])  # (matches,) first of each equal pair
+        products = weights[same] * weights[same + 1]
+        out[c0 : c0 + rows.size // 2] = np.bincount(
+            keys[same] // vocab, weights=products, minlength=rows.size // 2
+        )
+    return out
+
+
 # -------------------------------------------------------------------------------- embeddings
 def load_sentence_encoder(model_path: str | os.PathLike) -> tuple[Any, torch.nn.Module]:
     """(tokenizer, encoder) from a local folder; the one ``from_pretrained`` of this module."""

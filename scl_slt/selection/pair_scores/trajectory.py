@@ -8,8 +8,12 @@
    ``scores/S-epoch-NNNN.npy`` (fp16), completed by ``S-epoch-NNNN.json``; a finished one is
    reused, so an interrupted scoring resumes where it stopped;
 3. ``pair_scores.npy`` (N x N fp16, ``delta[i, j]`` for video i and text j, dataset order,
-   memory-mappable) and ``pair_scores.json`` (names hash, N, snapshots, method, threshold);
-4. the H/L categories and ``trajectory/summary.json`` + ``trajectory/categories.png``. Pair sets
+   memory-mappable) and ``pair_scores.json`` (names hash, N, snapshots, method, threshold, and
+   ``window``: the snapshots δ uses, ``trajectory_window.trajectory_window`` of ``delta``,
+   ``start_epoch`` and ``span_snapshots``, checked before any scoring);
+4. the H/L categories (the window's first against its last snapshot), the first snapshot's spread
+   (``trajectory_report.first_snapshot_spread``: a WARNING when it has next to none) and
+   ``trajectory/summary.json`` + ``trajectory/categories.png``. Pair sets
    whose categories are compared with all negatives: duplicate targets (from the snapshot texts)
    and, on the synthetic data, pairs differing only by confusable glosses.
 
@@ -37,7 +41,6 @@ from ...rundir.atomic import write_json_atomic
 from ...rundir.layout import CONFIG_FILE, read_run_config
 from ..tracker import Snapshot, names_hash, snapshots_dir
 from ..trajectory import (
-    DeltaMethod,
     ThresholdMode,
     categorize,
     category_enrichment,
@@ -46,7 +49,8 @@ from ..trajectory import (
     load_snapshots,
     trajectory_delta,
 )
-from ..trajectory_report import write_report
+from ..trajectory_report import first_snapshot_spread, write_report
+from ..trajectory_window import DeltaMethod, trajectory_window
 from .score_file import new_score_matrix, record_path
 
 log = logging.getLogger(__name__)
@@ -212,10 +216,15 @@ def score_run(
     threshold: ThresholdMode | str = ThresholdMode.last_median,
     device: str | torch.device | None = None,
     precision: Precision | str = Precision.auto,
+    start_epoch: float = 0,
+    span_snapshots: int | None = None,
 ) -> Path:
     """Score every snapshot of a tracked run and write pair scores and the report.
 
-    Returns the path of ``pair_scores.npy``. Resumable: finished snapshot scores are reused.
+    ``start_epoch``: the first snapshot used is the earliest at or after it (every delta method
+    and the categories). ``span_snapshots``: K of ``delta=span`` (its interval is the run's
+    ``tracker.interval``, else the spacing of the first two snapshots). Returns the path of
+    ``pair_scores.npy``. Resumable: finished snapshot scores are reused.
     """
     run_dir = Path(run_dir)
     delta, threshold = DeltaMethod(delta), ThresholdMode(threshold)
@@ -230,6 +239,10 @@ def score_run(
     run_config = scored_run_config(run_dir)
     method, tau = similarity_settings(run_config, run_dir / CONFIG_FILE)
     epochs = [s.epoch for s in snapshots]
+    interval = None
+    if run_config is not None:
+        interval = OmegaConf.select(run_config, "tracker.interval", default=None)
+    window = trajectory_window(epochs, delta, start_epoch, span_snapshots, interval)
     n = snapshots[0].num_samples
     log.info(
         "scoring %d snapshots (epochs %s) of %d samples: %s, tau=%s",
@@ -245,7 +258,7 @@ def score_run(
 
     pair_path = run_dir / PAIR_SCORES
     with new_score_matrix(pair_path, n) as out:
-        trajectory_delta(_open(s_paths), epochs, delta, out=out)
+        trajectory_delta(_open(s_paths), window, out=out)
     snapshot_info = [
         {"epoch": s.epoch, "snapshot": str(s.path), "scores": str(p)}
         for s, p in zip(snapshots, s_paths)
@@ -262,6 +275,7 @@ def score_run(
             "fingerprint": snapshots[0].fingerprint,
             "snapshots": snapshot_info,
             "delta": delta.value,
+            "window": window.record(),
             "threshold": threshold.value,
             "similarity": {"method": method.value, "tau": tau},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -270,7 +284,11 @@ def score_run(
     log.info("pair scores -> %s", pair_path)
 
     S = [np.load(p, mmap_mode="r") for p in s_paths]
-    categories = categorize(S[0], S[-1], threshold)
+    first, last = S[window.first], S[window.last]
+    categories = categorize(first, last, threshold)
+    spread = first_snapshot_spread(
+        first, last, window.first_epoch, window.last_epoch, categories=categories
+    )
     pair_sets = {"duplicate_target": duplicate_target_pairs(snapshots[0].texts)}
     confusable = synthetic_confusable_pairs(run_config, snapshots[0])
     if confusable is not None:
@@ -285,6 +303,8 @@ def score_run(
         enrichment=enrichment,
         info={
             "delta": delta.value,
+            "window": window.record(),
+            "first_snapshot_spread": spread,
             "similarity": {"method": method.value, "tau": tau},
             "snapshots": snapshot_info,
             "pair_scores": str(pair_path),

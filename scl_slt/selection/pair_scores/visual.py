@@ -1,8 +1,13 @@
-"""``visual_confusable`` pair scores (SAN: hard negatives by visual confusability in the
-sign-embedding space): cosine similarity of the reference model's video embeddings of two
-*different* videos. Each sample's projected visual tokens from a tracker snapshot are mean-pooled
-and L2-normalised. Video-video, so the matrix is symmetric; pairs of videos with identical targets
-keep their (typically high) visual score. Higher = more confusable = harder negative.
+"""``visual_curriculum`` pair scores: the quantile curriculum (``curriculum.py``) fed with the
+visual similarity of two *different* videos in a reference run's snapshot. Each sample's projected
+visual tokens (the similarity head's output the contrastive loss sees) are mean-pooled and
+L2-normalised; score = cosine. Video-video, so the matrix is symmetric. Higher = more similar =
+harder negative.
+
+Not SAN: this was ``visual_confusable`` before SAN was implemented as its own strategy
+(``selection=san``, ``hard_negatives.py``). Here the space is the projection rather than the sign
+embedding, pairs of videos with identical targets keep their (typically high) score, and the
+curriculum's schedule decides how hard a batch is instead of mining each anchor's negatives.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def pooled_video_embeddings(snapshot: Snapshot, chunk_samples: int = 4096) -> np
     return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def visual_confusable_scores(snapshot_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+def visual_curriculum_scores(snapshot_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """N x N fp16 cosine of the snapshot's mean-pooled video embeddings (video i vs video j).
 
     Higher = more visually confusable = harder negative. ``snapshot_dir`` is resolved by
@@ -60,12 +65,12 @@ def visual_confusable_scores(snapshot_dir: str | os.PathLike, out_path: str | os
     snapshot = read_snapshot(resolve_snapshot(snapshot_dir))
     vectors = pooled_video_embeddings(snapshot)
     row_block, rows = gram_blocks(vectors)
-    record = {"strategy": "visual_confusable", **visual_confusable_key(snapshot)}
+    record = {"strategy": "visual_curriculum", **visual_curriculum_key(snapshot)}
     return write_score_file(out_path, snapshot.num_samples, row_block, rows, record)
 
 
-def visual_confusable_key(snapshot: Snapshot) -> dict[str, Any]:
-    """What a visual_confusable score file depends on (its cache key)."""
+def visual_curriculum_key(snapshot: Snapshot) -> dict[str, Any]:
+    """What a visual_curriculum score file depends on (its cache key)."""
     return {
         "method": "cosine of mean-pooled projected visual tokens",
         "snapshot": str(snapshot.path.resolve()),
