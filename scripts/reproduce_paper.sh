@@ -21,7 +21,7 @@
 # With ABLATIONS=1 (default) the ablations of the joint (one-stage, w/ SCL) setting follow for the
 # datasets in ABLATION_DATASETS (the paper reports them on PHOENIX-2014-T), under ablation/:
 #   schedule-{hard_only,easy_only,linear,sqrt}  experiment=schedule_*  (log is scl)
-#   interval-{1,10}     experiment=interval_*    from reference-interval-{1,10} (5 is scl)
+#   interval-{1,5,10}   experiment=interval_*    from reference-interval-{1,5,10}
 #   similarity-{cls,mean}  experiment=similarity_*  from reference-{cls,mean} (CiCo is scl)
 # The interval references are scored with INTERVAL_DELTA [span] and SPAN_SNAPSHOTS [4]:
 # delta=span gives δ = S^(4 x interval) - S^0 (epochs 0-4 at interval 1, 0-40 at interval 10), so
@@ -29,9 +29,9 @@
 # delta=endpoints (DELTA, the paper's default) only the first and last snapshot enter and the
 # interval rows would be re-runs of scl. A run shorter than SPAN_SNAPSHOTS x interval epochs
 # stops the scoring with an error naming span_snapshots (e.g. a smoke run with EXTRA
-# stage.epochs=2: set INTERVAL_DELTA=endpoints there). Caution: the interval table's "5" row is
-# the scl run, whose δ is DELTA over the whole run, not a span: read rows 1 and 10 against each
-# other, and each reference's pair_scores.json ("window") for the protocol of its row.
+# stage.epochs=2: set INTERVAL_DELTA=endpoints there). The report labels span-scored rows
+# "1 (span 4)", "5 (span 4)", "10 (span 4)" (from each reference's pair_scores.json "window"), so
+# they are compared with each other and never averaged with scl's whole-run "5" row.
 #
 # Environment (defaults in brackets):
 #   PHOENIX14T_ROOT, CSL_DAILY_ROOT (or *_LABELS / *_FRAMES / *_FRAME_CACHE): read by
@@ -153,10 +153,10 @@ for dataset in $DATASETS; do
   sweep translate cl_slt baseline
   if [[ $ABLATIONS == 1 && " $ABLATION_DATASETS " == *" $dataset "* ]]; then
     echo "== $dataset, seeds $SEEDS: ablations (one stage, w/ SCL)"
-    sweep reference_interval_1 reference_interval_10 reference_cls reference_mean
+    sweep reference_interval_1 reference_interval_5 reference_interval_10 reference_cls reference_mean
     score_references
     sweep schedule_hard_only schedule_easy_only schedule_linear schedule_sqrt \
-      interval_1 interval_10 similarity_cls similarity_mean
+      interval_1 interval_5 interval_10 similarity_cls similarity_mean
   fi
   evaluate_runs
 done

@@ -60,7 +60,7 @@ def _markdown(
     diagnostics = batch_diagnostics.diagnostics_markdown(runs)
     if diagnostics:
         lines += ["", "## Batch diagnostics (stage 1, last epoch)", "", diagnostics.rstrip("\n")]
-        lines.append("Per epoch: `batch_diagnostics.png`.")
+        lines += ["", "Per epoch: `batch_diagnostics.png`."]
     if timings:
         lines += ["", "## Pipeline wall time", "", "| pipeline | steps (s) | total (s) |"]
         lines.append("|---|---|---|")

@@ -130,22 +130,24 @@ def classify_component(config: dict[str, Any], init_config: dict[str, Any] | Non
 
 
 def trajectory_interval(config: dict[str, Any], run_dir: Path) -> str:
-    """Epochs between the snapshots behind ``selection.pair_scores``; "?" when unknown."""
+    """Epochs between the snapshots behind ``selection.pair_scores``; "?" when unknown. Scores
+    made under the span protocol (``pair_scores.json``'s ``window``: δ over K intervals, not
+    the whole run) say so, e.g. "10 (span 4)", so they never share a row with whole-run δ."""
     recorded = _get(config, "selection.pair_scores")
     pair_scores = locate_recorded(recorded, run_dir) if recorded else None
     if pair_scores is None:
         return "?"
+    info = pair_scores.with_suffix(".json")
+    record = json.loads(info.read_text()) if info.is_file() else {}
+    window = record.get("window") or {}
+    span = f" (span {window['span_snapshots']})" if window.get("delta") == "span" else ""
     if (pair_scores.parent / CONFIG_FILE).is_file():
         interval = _get(read_run_config(pair_scores.parent), "tracker.interval")
         if interval is not None:
-            return str(int(interval))
-    info = pair_scores.with_suffix(".json")
-    if info.is_file():
-        epochs = sorted(s["epoch"] for s in json.loads(info.read_text()).get("snapshots", []))
-        steps = [b - a for a, b in zip(epochs, epochs[1:]) if b > a]
-        if steps:
-            return str(min(steps))
-    return "?"
+            return f"{int(interval)}{span}"
+    epochs = sorted(s["epoch"] for s in record.get("snapshots", []))
+    steps = [b - a for a, b in zip(epochs, epochs[1:]) if b > a]
+    return f"{min(steps)}{span}" if steps else "?"
 
 
 def scl_factors(config: dict[str, Any], run_dir: Path) -> dict[str, str]:

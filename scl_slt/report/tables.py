@@ -205,8 +205,13 @@ def _row_order(ablation: Ablation, values: Iterable[str]) -> list[str]:
     """The paper's rows in its order, then ours; intervals sorted by number."""
     paper_rows = list(ablation.paper_phoenix14t_bleu4)
     labels = set(paper_rows) | set(values)
-    if ablation.factor == "interval":
-        return sorted(labels, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+    if ablation.factor == "interval":  # "5", "10 (span 4)": by the leading number
+
+        def number(v: str) -> tuple[bool, int, str]:
+            head = v.split(" ", 1)[0]
+            return (not head.isdigit(), int(head) if head.isdigit() else 0, v)
+
+        return sorted(labels, key=number)
     return [*paper_rows, *sorted(labels - set(paper_rows))]
 
 

@@ -310,15 +310,25 @@ class BatchDiagnostics:
         return found
 
 
-def synthetic_twins(data: DataConfig) -> list[tuple[str, str]] | None:
-    """The confusable gloss twins of the synthetic data (its ``meta.json``), else None."""
-    if data.layout is not Layout.synthetic:
-        return None
-    meta_path = Path(ensure_synthetic(data.synthetic, data.modality)) / META
+def dataset_twins(data: DataConfig) -> list[tuple[str, str]] | None:
+    """The confusable gloss twins the data was rendered with, else None: the synthetic data's
+    ``meta.json`` (``confusable_pairs``), or a proxy dataset's (``python -m scl_slt.data.proxy``:
+    ``meta.json`` beside its label files, ``twin_glosses``)."""
+    if data.layout is Layout.synthetic:
+        meta_path = Path(ensure_synthetic(data.synthetic, data.modality)) / META
+        key = "confusable_pairs"
+    else:
+        folder = data.labels_dir or data.root
+        meta_path = Path(folder).expanduser() / "meta.json" if folder else None
+        if meta_path is None or not meta_path.is_file():
+            return None
+        key = "twin_glosses"
+        if key not in json.loads(meta_path.read_text()):
+            return None  # some other dataset's meta.json
     meta = json.loads(meta_path.read_text())
-    if "confusable_pairs" not in meta:
-        raise KeyError(f"{meta_path}: no 'confusable_pairs' entry")
-    return [(str(a), str(b)) for a, b in meta["confusable_pairs"]]
+    if key not in meta:
+        raise KeyError(f"{meta_path}: no {key!r} entry")
+    return [(str(a), str(b)) for a, b in meta[key]]
 
 
 def diagnostics_for(cfg: TrainConfig, records: Sequence[dict[str, Any]]) -> BatchDiagnostics | None:
@@ -332,7 +342,7 @@ def diagnostics_for(cfg: TrainConfig, records: Sequence[dict[str, Any]]) -> Batc
     if sel.diagnostics_reference:
         names = [r["name"] for r in records]
         reference = Reference.load(sel.diagnostics_reference, len(records), names)
-    twins = synthetic_twins(cfg.data)
+    twins = dataset_twins(cfg.data)
     glosses = None
     if twins is not None:
         glosses = [str(r.get("gloss", "")).split() for r in records]
@@ -377,7 +387,7 @@ def replay(
     sampler = build_batch_sampler(
         cfg.selection, len(records), s.batch_size, s.epochs, cfg.seed, 0, 1, s.drop_last,
         texts=[r["text"] for r in records], names=[r["name"] for r in records],
-        language=cfg.data.language, run_dir=Path(work_dir),
+        language=cfg.data.language, run_dir=Path(work_dir), data=cfg.data,  # san: encodes on cpu
     )  # fmt: skip
     for epoch in range(s.epochs):
         started = time.perf_counter()

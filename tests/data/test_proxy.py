@@ -29,6 +29,7 @@ from scl_slt.data.proxy.build import build_proxy
 from scl_slt.data.proxy.language import build_language
 from scl_slt.data.proxy.options import ProxyOptions
 from scl_slt.rundir.layout import read_metrics
+from scl_slt.selection.diagnostics import dataset_twins
 from scl_slt.stages import run_stage
 
 SHARED = REPO.parent / "shared" / "data"
@@ -347,6 +348,11 @@ def test_phoenix_proxy_trains_one_epoch_with_alignment_metrics(phoenix, tiny_ove
     result = run_stage(cfg)
     (dev,) = read_metrics(result["run_dir"], "dev")
     assert dev["retrieval_samples"] == 16 and dev["sdr"] > 0
+    # The batch diagnostics find the proxy's confusable twins in its meta.json.
+    meta = json.loads((built.root / "meta.json").read_text())
+    assert dataset_twins(typed.data) == [tuple(t) for t in meta["twin_glosses"]]
+    (record,) = [r for r in read_metrics(result["run_dir"]) if r.get("kind") == "batch_diagnostics"]
+    assert "confusable_share" in record and 0.0 <= record["confusable_share"] <= 1.0
 
 
 def test_csl_proxy_is_chinese_and_translates(csl, tiny_overrides):

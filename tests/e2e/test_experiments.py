@@ -7,6 +7,7 @@ ablation it stands for."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,8 +33,9 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 DATASETS = ("phoenix14t", "csl_daily")
 SCHEDULES = ("hard_only", "easy_only", "linear", "sqrt")  # log: scl
-INTERVALS = (1, 10)  # 5: reference
+INTERVALS = (1, 5, 10)  # scored with delta=span: report rows "<i> (span 4)"
 METHODS = ("cls", "mean")  # cico: reference / scl
+SPAN_ROWS = tuple(f"{i} (span 4)" for i in INTERVALS)  # never the whole-run "5" of scl
 COMPONENT = ("reference", "scl", "translate", "cl_slt", "baseline")
 ABLATIONS = (
     *(f"schedule_{s}" for s in SCHEDULES),
@@ -165,7 +167,9 @@ def test_report_places_every_run_of_the_grid(tmp_path):
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(to_container(cfg)))
                 if cfg.tracker.enabled:
                     (run_dir / "pair_scores.npy").write_bytes(b"")
-                if name.startswith("reference_interval_"):
+                if name.startswith("reference_interval_"):  # scored as the script scores them
+                    window = {"delta": "span", "span_snapshots": 4}
+                    (run_dir / "pair_scores.json").write_text(json.dumps({"window": window}))
                     continue
                 rows = [{"index": 0, "name": "a", "hypothesis": "x", "reference": "x y"}]
                 scores = {k: bleu[name] + seed for k in ("bleu1", "bleu2", "bleu3", "bleu4")}
@@ -180,7 +184,7 @@ def test_report_places_every_run_of_the_grid(tmp_path):
         rows = {row.label: row for row in component.rows}
         ablation_rows = [f"w/ CL (pooling {m})" for m in METHODS] + [
             f"w/ SCL ({factor} {value})"
-            for factor, values in (("interval", INTERVALS), ("pooling", METHODS),
+            for factor, values in (("interval", SPAN_ROWS), ("pooling", METHODS),
                                    ("schedule", SCHEDULES))
             for value in values
         ]  # fmt: skip
@@ -209,7 +213,8 @@ def test_report_places_every_run_of_the_grid(tmp_path):
             ("pooling", METHODS, "similarity_{}"),
         ):
             for value in values:
-                row = ablations[factor][str(value)]
+                label = f"{value} (span 4)" if factor == "interval" else str(value)
+                row = ablations[factor][label]
                 name = name_of.format(value)
                 assert sorted(row.values("bleu4")) == [bleu[name], bleu[name] + 1], (factor, value)
             main = {"schedule": "log", "interval": "5", "pooling": "cico"}[factor]
@@ -297,7 +302,7 @@ def test_reproduce_paper_script_runs_the_grid_on_synthetic_data(tmp_path):
     seed = out / "synthetic" / "seed0"
     references = [
         "reference",
-        *(f"ablation/reference-{v}" for v in ("interval-1", "interval-10", *METHODS)),
+        *(f"ablation/reference-{v}" for v in (*(f"interval-{i}" for i in INTERVALS), *METHODS)),
     ]
     for run in references:
         assert (seed / run / "pair_scores.npy").is_file(), run

@@ -419,6 +419,29 @@ def test_interval_from_pair_scores_json_without_reference_config(tmp_path):
     assert load_run(run).factors == {"schedule": "log", "interval": "10", "pooling": "cico"}
 
 
+def test_span_scored_interval_is_its_own_row(tmp_path):
+    """A reference scored with delta=span gets an interval label of its own, so its runs never
+    join the whole-run (endpoints) rows of the same interval."""
+    rows = {}
+    for interval, window in (("5", None), ("5s", "span"), ("1", "span")):
+        ref = tmp_path / f"ref-{interval}"
+        ref.mkdir()
+        (ref / "pair_scores.npy").write_bytes(b"")
+        record = {"snapshots": [{"epoch": e} for e in (0, int(interval[0]), 2 * int(interval[0]))]}
+        if window:
+            record["window"] = {"delta": "span", "span_snapshots": 4, "interval": interval[0]}
+        (ref / "pair_scores.json").write_text(json.dumps(record))
+        run = make_run(tmp_path / f"scl-{interval}", selection="trajectory",
+                       pair_scores=ref / "pair_scores.npy", bleu4=3.0)  # fmt: skip
+        rows[interval] = load_run(run).factors["interval"]
+    assert rows == {"5": "5", "5s": "5 (span 4)", "1": "1 (span 4)"}
+    from scl_slt.report.tables import ABLATIONS, _row_order
+
+    interval = next(a for a in ABLATIONS if a.factor == "interval")
+    order = _row_order(interval, ["10 (span 4)", "5 (span 4)", "1 (span 4)", "5"])
+    assert order.index("1 (span 4)") < order.index("5") < order.index("10 (span 4)")
+
+
 def test_cli_and_bad_arguments(runs_root, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main([str(runs_root / "seed*"), str(runs_root / "baseline"), "--out", str(out)]) == 0

@@ -108,6 +108,19 @@ def test_san_embeddings_then_a_san_stage(tiny_train_cfg, tmp_path, monkeypatch):
         HardNegativeBatchSampler(got.vectors, train.texts, 8, san_cfg.seed + 1).global_batches(0)
     )
 
+    # ---- python -m scl_slt.diagnose replays the same SAN batches without training
+    from scl_slt.selection.diagnostics import BatchDiagnostics, replay
+
+    replayed = list(replay(san_cfg, tmp_path / "replay"))
+    assert [r["epoch"] for r in replayed] == [1, 2]
+    measure = BatchDiagnostics(train.texts, san_cfg.data.language)
+    for epoch, row in enumerate(replayed):
+        expected = measure(independent.global_batches(epoch))
+        shared = [k for k in expected if k != "all_negatives"]  # (the replay adds twins there)
+        assert {k: row[k] for k in shared} == {k: expected[k] for k in shared}
+    sampler_file = tmp_path / "replay" / "selection" / "san_embeddings.npy"
+    assert np.array_equal(np.load(sampler_file), got.vectors)
+
 
 @pytest.mark.parametrize(
     ("overrides", "key", "words"),
