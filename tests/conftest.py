@@ -69,3 +69,57 @@ def tiny_train_cfg(tiny_overrides) -> Callable[..., DictConfig]:
         return compose_train([*tiny_overrides, *overrides])
 
     return make
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> list[list[int]]:
+    """The sample indices of every stage-1 training forward (one process: the global batch)."""
+    from scl_slt.stages import contrastive
+
+    batches: list[list[int]] = []
+    original = contrastive.compute_losses
+
+    def record(model, batch, cfg, runtime):
+        batches.append(batch["indices"].tolist())
+        return original(model, batch, cfg, runtime)
+
+    monkeypatch.setattr(contrastive, "compute_losses", record)
+    return batches
+
+
+def fake_scored_reference(
+    folder: Path,
+    names: list[str],
+    seed: int,
+    epochs: tuple[int, int],
+    thresholds: tuple[float, float],
+    shares: tuple[float, float, float, float],
+):
+    """A scored reference run in ``python -m scl_slt.score``'s layout (``pair_scores.npy`` +
+    ``.json``, ``scores/S-epoch-NNNN.npy`` of two snapshots, ``trajectory/summary.json`` with the
+    given thresholds and H->L, H->H, L->H, L->L shares) whose δ and S are seeded random matrices;
+    returns δ (fp16)."""
+    import json
+
+    import numpy as np
+
+    from scl_slt.selection.tracker import names_hash
+
+    n = len(names)
+    rng = np.random.default_rng(seed)
+    (folder / "scores").mkdir(parents=True)
+    (folder / "trajectory").mkdir()
+    delta = rng.normal(size=(n, n)).astype(np.float16)
+    np.save(folder / "pair_scores.npy", delta)
+    for epoch in epochs:
+        np.save(folder / "scores" / f"S-epoch-{epoch:04d}.npy", rng.normal(size=(n, n)))
+    snapshots = [{"epoch": e, "scores": f"scores/S-epoch-{e:04d}.npy"} for e in epochs]
+    record = {"names_sha256": names_hash(names), "snapshots": snapshots}
+    (folder / "pair_scores.json").write_text(json.dumps(record))
+    first, last = thresholds
+    summary = {
+        "threshold": {"mode": "last_median", "first": first, "last": last},
+        "shares": dict(zip(("H->L", "H->H", "L->H", "L->L"), shares)),
+    }
+    (folder / "trajectory" / "summary.json").write_text(json.dumps(summary))
+    return delta

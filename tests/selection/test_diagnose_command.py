@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import fake_scored_reference
 
 from scl_slt import diagnose
 from scl_slt.config import ConfigError
@@ -15,34 +16,16 @@ from scl_slt.config_checks import validate_train
 from scl_slt.data.datasets import split_records
 from scl_slt.selection.build import build_batch_sampler
 from scl_slt.selection.samplers import RandomBatchSampler
-from scl_slt.selection.tracker import names_hash
-
-
-def _reference(folder, names):
-    n = len(names)
-    rng = np.random.default_rng(11)
-    (folder / "scores").mkdir(parents=True)
-    (folder / "trajectory").mkdir()
-    delta = rng.normal(size=(n, n)).astype(np.float16)
-    np.save(folder / "pair_scores.npy", delta)
-    for e in (0, 3):
-        np.save(folder / "scores" / f"S-epoch-{e:04d}.npy", rng.normal(size=(n, n)))
-    snaps = [{"epoch": e, "scores": f"S-epoch-{e:04d}.npy"} for e in (0, 3)]
-    record = {"names_sha256": names_hash(names), "snapshots": snaps}
-    (folder / "pair_scores.json").write_text(json.dumps(record))
-    summary = {
-        "threshold": {"mode": "last_median", "first": 0.1, "last": -0.1},
-        "shares": {"H->L": 0.4, "H->H": 0.3, "L->H": 0.2, "L->L": 0.1},
-    }
-    (folder / "trajectory" / "summary.json").write_text(json.dumps(summary))
-    return delta
 
 
 def test_replay_reports_the_batches_of_each_strategy(tiny_overrides, tiny_train_cfg, tmp_path):
     cfg = validate_train(tiny_train_cfg())
     records = split_records(cfg.data, "train")
     texts = [r["text"] for r in records]
-    delta = _reference(tmp_path / "ref", [r["name"] for r in records])
+    names = [r["name"] for r in records]
+    delta = fake_scored_reference(
+        tmp_path / "ref", names, 11, (0, 3), (0.1, -0.1), (0.4, 0.3, 0.2, 0.1)
+    )
     out = tmp_path / "d.json"
     argv = [
         *tiny_overrides,

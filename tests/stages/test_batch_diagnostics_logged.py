@@ -2,57 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fake_scored_reference
 
 from scl_slt.config_checks import validate_train
 from scl_slt.data.datasets import build_split
 from scl_slt.rundir.layout import read_metrics
-from scl_slt.selection.tracker import names_hash
-from scl_slt.stages import contrastive, run_stage
+from scl_slt.stages import run_stage
 
 QUICK = ["stage.eval_every=0", "stage.retrieval_every=0"]
 
 
-@pytest.fixture
-def recorded(monkeypatch) -> list[list[int]]:
-    """The sample indices of every training forward (one process: the global batch)."""
-    batches: list[list[int]] = []
-    original = contrastive.compute_losses
-
-    def record(model, batch, cfg, runtime):
-        batches.append(batch["indices"].tolist())
-        return original(model, batch, cfg, runtime)
-
-    monkeypatch.setattr(contrastive, "compute_losses", record)
-    return batches
-
-
-def _reference(folder: Path, names: list[str]) -> np.ndarray:
-    """A scored reference run (score.py's layout) whose δ is a known random matrix."""
-    n = len(names)
-    rng = np.random.default_rng(3)
-    (folder / "scores").mkdir(parents=True)
-    (folder / "trajectory").mkdir()
-    delta = rng.normal(size=(n, n)).astype(np.float16)
-    np.save(folder / "pair_scores.npy", delta)
-    for epoch in (0, 2):
-        np.save(folder / "scores" / f"S-epoch-{epoch:04d}.npy", rng.normal(size=(n, n)))
-    snapshots = [{"epoch": e, "scores": f"scores/S-epoch-{e:04d}.npy"} for e in (0, 2)]
-    record = {"names_sha256": names_hash(names), "snapshots": snapshots}
-    (folder / "pair_scores.json").write_text(json.dumps(record))
-    shares = {"H->L": 0.25, "H->H": 0.25, "L->H": 0.25, "L->L": 0.25}
-    summary = {"threshold": {"mode": "last_median", "first": 0.0, "last": 0.0}, "shares": shares}
-    (folder / "trajectory" / "summary.json").write_text(json.dumps(summary))
-    return delta
-
-
 def test_each_epoch_logs_the_diagnostics_of_its_batches(tiny_train_cfg, recorded, tmp_path):
     train = build_split(validate_train(tiny_train_cfg()).data, "train")
-    delta = _reference(tmp_path / "reference", train.names)
+    delta = fake_scored_reference(
+        tmp_path / "reference", train.names, 3, (0, 2), (0.0, 0.0), (0.25, 0.25, 0.25, 0.25)
+    )
     cfg = tiny_train_cfg(*QUICK, f"selection.diagnostics_reference={tmp_path / 'reference'}")
     result = run_stage(validate_train(cfg))
     run_dir = Path(result["run_dir"])

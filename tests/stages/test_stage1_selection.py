@@ -46,20 +46,6 @@ def make_cfg(tiny_train_cfg):
     return lambda *extra: tiny_train_cfg(*DATA, *extra)
 
 
-@pytest.fixture
-def recorded(monkeypatch) -> list[list[int]]:
-    """The sample indices of every training forward (one process: the global batch)."""
-    batches: list[list[int]] = []
-    original = contrastive.compute_losses
-
-    def record(model, batch, cfg, runtime):
-        batches.append(batch["indices"].tolist())
-        return original(model, batch, cfg, runtime)
-
-    monkeypatch.setattr(contrastive, "compute_losses", record)
-    return batches
-
-
 def _epochs(batches: list[list[int]], per_epoch: int = 3) -> list[list[list[int]]]:
     return [batches[i : i + per_epoch] for i in range(0, len(batches), per_epoch)]
 
