@@ -34,7 +34,7 @@ from .config_checks import validate_train
 from .data.datasets import split_records
 from .rundir.atomic import write_json_atomic
 from .selection.diagnostics import check_replayable, diagnostics_for, replay
-from .training.run_context import exit_code, failure_message
+from .training.run_context import exit_status
 
 OPTIONS = {"strategies": None, "out": "diagnostics.json", "work_dir": "runs/diagnose"}
 COLUMNS = (  # (header, key, scale, format)
@@ -147,12 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def cli() -> int:
     """``main`` under the exit-code rule of ``scl_slt/train.py``: 2 for a user's error (a bad
     option or override, missing data), 1 for anything else."""
-    try:
-        main()
-    except Exception as e:
-        print(failure_message(e), file=sys.stderr)
-        return exit_code(e)
-    return 0
+    return exit_status(main)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError
 from .stages.pipeline import Pipeline, results_table, split_arguments
-from .training.run_context import exit_code, failure_message
+from .training.run_context import exit_status
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -68,12 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 def cli() -> int:
     """``main`` under the exit-code rule of ``scl_slt/train.py``: 2 for a user's error (a bad
     option or override, missing data), 1 for anything else, 128 + N after signal N."""
-    try:
-        main()
-    except Exception as e:
-        print(failure_message(e), file=sys.stderr)
-        return exit_code(e)
-    return 0
+    return exit_status(main)
 
 
 if __name__ == "__main__":

@@ -316,19 +316,16 @@ def dataset_twins(data: DataConfig) -> list[tuple[str, str]] | None:
     ``meta.json`` beside its label files, ``twin_glosses``)."""
     if data.layout is Layout.synthetic:
         meta_path = Path(ensure_synthetic(data.synthetic, data.modality)) / META
-        key = "confusable_pairs"
-    else:
-        folder = data.labels_dir or data.root
-        meta_path = Path(folder).expanduser() / "meta.json" if folder else None
-        if meta_path is None or not meta_path.is_file():
-            return None
-        key = "twin_glosses"
-        if key not in json.loads(meta_path.read_text()):
-            return None  # some other dataset's meta.json
-    meta = json.loads(meta_path.read_text())
-    if key not in meta:
-        raise KeyError(f"{meta_path}: no {key!r} entry")
-    return [(str(a), str(b)) for a, b in meta[key]]
+        meta = json.loads(meta_path.read_text())
+        if "confusable_pairs" not in meta:
+            raise KeyError(f"{meta_path}: no 'confusable_pairs' entry")
+        return [(str(a), str(b)) for a, b in meta["confusable_pairs"]]
+    folder = data.labels_dir or data.root
+    meta_path = Path(folder).expanduser() / "meta.json" if folder else None
+    if meta_path is None or not meta_path.is_file():
+        return None
+    twins = json.loads(meta_path.read_text()).get("twin_glosses")
+    return None if twins is None else [(str(a), str(b)) for a, b in twins]  # None: not a proxy
 
 
 def diagnostics_for(cfg: TrainConfig, records: Sequence[dict[str, Any]]) -> BatchDiagnostics | None:

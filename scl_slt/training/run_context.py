@@ -255,11 +255,20 @@ def run_command(main: Callable[[], object]) -> None:
     here with every other error, which is reported by ``failure_message`` and exits by
     ``exit_code``."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    status = exit_status(main)
+    if status:
+        sys.exit(status)
+
+
+def exit_status(main: Callable[[], object]) -> int:
+    """Run ``main``; 0 when it returns, else report the error (``failure_message``) and give its
+    exit code (``exit_code``). The commands that compose their config themselves return this."""
     try:
         main()
     except Exception as e:
         sys.stderr.write(failure_message(e) + "\n")
-        sys.exit(exit_code(e))
+        return exit_code(e)
+    return 0
 
 
 def exit_code(error: BaseException) -> int:
