@@ -5,7 +5,8 @@ these dataclasses (registered with Hydra's ConfigStore as ``base_train`` / ``bas
 an unknown key or a wrong type fails at composition time, naming the key. Value checks that types
 cannot express are ``config_checks.py``'s and run before any work starts.
 
-Sections mirror the config groups: ``data/``, ``model/``, ``selection/``, ``stage/``.
+Sections mirror the config groups: ``data/`` (``config_data.py``), ``model/``, ``selection/``,
+``stage/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config_data import (  # noqa: F401  (the data section's schema, re-exported here)
+    Assist,
+    BadSample,
+    DataConfig,
+    Layout,
+    Modality,
+    ResizeMode,
+    SyntheticConfig,
+)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped with the package
 
 
@@ -25,86 +36,16 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key."""
 
 
-# --------------------------------------------------------------------------------------- data
-class Modality(str, Enum):
-    features = "features"  # per-frame feature vectors, <feature_root>/<name>.npy, shape (T, D)
-    frames = "frames"  # RGB frames through the ResNet-18 sign embedding
-
-
-class Layout(str, Enum):
-    synthetic = "synthetic"  # generated on first use into data.synthetic.cache_dir
-    gfslt = "gfslt"  # labels.{train,dev,test} gzip-pickles (+ frames or features)
-    official = "official"  # the datasets' own release layout (corpus CSVs / csl2020ct_v2.pkl)
-
-
-class BadSample(str, Enum):
-    error = "error"  # stop with the sample's name and path
-    skip = "skip"  # drop the sample from its batch and count it (SignDataset.bad_sample_count)
-
-
-class ResizeMode(str, Enum):
-    square = "square"  # every frame to resize x resize, aspect not kept (GFSLT lineage)
-    short_side = "short_side"  # shorter side to resize, aspect kept
-
-
-@dataclass
-class SyntheticConfig:
-    """The built-in synthetic sign language (``scl_slt.data.synthetic``)."""
-
-    seed: int = 0
-    cache_dir: str = "${oc.env:SCL_SLT_CACHE,'~/.cache/scl_slt'}/synthetic"  # ~ is expanded
-    num_train: int = 600
-    num_dev: int = 80
-    num_test: int = 80
-    num_glosses: int = 40
-    num_signers: int = 4
-    feature_dim: int = 64
-    min_glosses: int = 2  # glosses per sentence
-    max_glosses: int = 6
-    min_gloss_frames: int = 6  # frames per gloss motion
-    max_gloss_frames: int = 10
-    noise: float = 0.15  # per-frame Gaussian noise (features) / pixel noise (frames)
-    signer_shift: float = 0.3  # strength of the per-signer style transform
-    confusable_rate: float = 0.2  # share of glosses that have a near-identical twin
-    confusable_distance: float = 0.1  # twin-to-partner motion distance / a random pair's (<= 0.4)
-    duplicate_rate: float = 0.2  # share of train clips whose sentence is signed by another clip
-    eval_seen_rate: float = 0.1  # share of dev/test clips whose sentence also occurs in train
-    image_size: int = 32  # frames modality: rendered frame side in pixels
-
-
-@dataclass
-class DataConfig:
-    name: str = "synthetic"  # synthetic | phoenix14t | csl_daily
-    layout: Layout = Layout.synthetic
-    modality: Modality = Modality.features
-    language: str = "de"  # de (word-level metrics) | zh (character-level metrics)
-    lang_code: str = "de_DE"  # mBART-50 target language code
-    root: Optional[str] = None  # dataset root as released
-    labels_dir: Optional[str] = None  # folder with GFSLT-style labels.{train,dev,test}
-    feature_root: Optional[str] = None  # <feature_root>/<name>.npy
-    frame_root: Optional[str] = None  # frames root for GFSLT-style labels
-    frame_cache: Optional[str] = None  # uint8 frame store built by scl_slt.data.frame_cache
-    max_frames: int = 300  # temporal subsampling above this
-    resize: int = 256
-    resize_mode: ResizeMode = ResizeMode.square
-    crop: int = 224  # random crop (train) / centre crop (eval) after the resize
-    augment: bool = True  # train-time clip-consistent augmentation (frames modality)
-    # augment: chance that each of zoom, rotation, brightness, contrast is applied to a clip (the
-    # lineage's "sometimes 0.5"); 1 applies all four to every clip
-    augment_p: float = 0.5
-    rotate_degrees: float = 5.0  # augment: rotation drawn from [-d, d]
-    scale_jitter: float = 0.1  # augment: zoom drawn from [1 - j, 1 + j]
-    brightness: float = 0.2  # augment: brightness factor drawn from [1 - b, 1 + b]
-    contrast: float = 0.2  # augment: contrast factor drawn from [1 - c, 1 + c]
-    # frames batches as uint8 pixels, colour change and ImageNet normalisation applied by the
-    # model on its device (4x less to move than float32, same network input); false: float32
-    frames_uint8: bool = True
-    num_workers: int = 0
-    on_bad_sample: BadSample = BadSample.error
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-
 # -------------------------------------------------------------------------------------- model
+class Fusion(str, Enum):
+    """How a question joins the video memory the decoder attends to (models/question_fusion.py)."""
+
+    none = "none"  # video only (a question, if any, is not used for translation)
+    concat = "concat"  # video and question tokens side by side, no mixing
+    softmax = "softmax"  # self-attention over the joined sequence, softmax weights
+    ssaw = "ssaw"  # the same with sigmoid weights: each token gated on its own (SSL-SSAW)
+
+
 class SimilarityMethod(str, Enum):
     cico = "cico"  # fine-grained token-level similarity (default)
     cls = "cls"  # learned visual CLS token vs text EOS token, cosine
@@ -162,6 +103,7 @@ class ModelConfig:
     init_std: float = 0.02  # tiny MBart weight init (MBartConfig.init_std); tiny.yaml: 0.1
     dropout: float = 0.1
     freeze_text_encoder: bool = True
+    fusion: Fusion = Fusion.none  # question-based SLT: the question encoder's output joins here
     # Speed options (models/speed_options.py), off by default; each matches the plain path to
     # float tolerance (tests/models/test_speed_options.py). Activation checkpointing: the MBart
     # layers and the ResNet stages keep only their inputs for backward and recompute the rest
@@ -182,6 +124,7 @@ class SelectionName(str, Enum):
     visual_curriculum = "visual_curriculum"  # reference snapshot's visual similarity, curriculum
     san = "san"  # per-anchor hard negatives in the sign-embedding space (hard_negatives.py)
     online_trajectory = "online_trajectory"
+    self_trajectory = "self_trajectory"  # the run's own snapshots, no reference run
     # Renamed (visual_curriculum or san): kept so old run configs still load; training refuses it.
     visual_confusable = "visual_confusable"
 
@@ -279,6 +222,10 @@ class LossConfig:
     signcl_margin_min: float = 10.0
     signcl_margin_ratio: float = 2.3  # spoken words per gloss (the paper's Zipf factor)
     signcl_m: float = 64.0  # hinge: negatives are pushed until this Euclidean distance
+    # question-based SLT (data.assist): video-question InfoNCE and masked LM on the question
+    question_contrastive_weight: float = 0.0
+    mlm_weight: float = 0.0
+    mlm_mask_ratio: float = 0.15  # share of a question's tokens masked for the MLM term
 
 
 class StageName(str, Enum):

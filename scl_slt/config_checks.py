@@ -106,6 +106,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "data.synthetic.duplicate_rate": SHARE,
     "data.synthetic.eval_seen_rate": SHARE,
     "data.synthetic.image_size": Range(8),
+    "data.synthetic.question_overlap": SHARE,
     # model
     **{
         f"model.{key}": AT_LEAST_1
@@ -142,6 +143,9 @@ NUMERIC_RANGES: dict[str, Range] = {
     "loss.signcl_margin_min": NON_NEGATIVE,
     "loss.signcl_margin_ratio": NON_NEGATIVE,
     "loss.signcl_m": NON_NEGATIVE,
+    "loss.question_contrastive_weight": NON_NEGATIVE,
+    "loss.mlm_weight": NON_NEGATIVE,
+    "loss.mlm_mask_ratio": Range(0, 1, open_low=True, note="share of a question's tokens"),
     # stage
     "stage.epochs": AT_LEAST_1,
     "stage.batch_size": AT_LEAST_1,
