@@ -235,6 +235,8 @@ def validate_train(cfg: TrainConfig | DictConfig) -> TrainConfig:
         )
         if d.modality is Modality.features:
             _check(bool(d.feature_root), "data.feature_root", "features modality needs it")
+        asks = d.assist == "question" and not d.questions_dir  # real data: from the QA sidecar
+        _check(not asks, "data.questions_dir", "data.assist=question needs the QA sidecar folder")
     _check(
         m.name != "tiny_pretrained" or bool(m.mbart_path),
         "model.mbart_path",
@@ -310,7 +312,7 @@ def _validate_engine(cfg: TrainConfig) -> None:
         )
         _check(s.init_from is None, "stage.init_from", "only stage=translate starts from a run")
     d = cfg.data
-    for key in ("root", "labels_dir", "feature_root", "frame_root", "frame_cache"):
+    for key in ("root", "labels_dir", "feature_root", "frame_root", "frame_cache", "questions_dir"):
         _check_path(getattr(d, key), f"data.{key}")
     _check_path(cfg.selection.pair_scores, "selection.pair_scores")
     if cfg.selection.diagnostics:
@@ -368,6 +370,14 @@ def _validate_selection(cfg: TrainConfig) -> None:
             "not available with selection=san: its mined negatives already have targets distinct "
             "from the batch; its anchors come in random order (loss.mask_duplicate_texts masks "
             "their duplicates in the loss)",
+        )
+    if sel.name is SelectionName.self_trajectory:
+        _check(
+            cfg.tracker.interval < cfg.stage.epochs,
+            "tracker.interval",
+            f"selection=self_trajectory snapshots the run every tracker.interval epochs and needs "
+            f"one before the last epoch: must be < stage.epochs={cfg.stage.epochs}, got "
+            f"{cfg.tracker.interval}",
         )
     if sel.name is SelectionName.text_semantic and sel.text_method is TextScoreMethod.embedding:
         _check(

@@ -21,7 +21,12 @@ negative-selection strategy (``configs/selection/<name>.yaml``) on the same refe
 ``trajectory`` (SCL, run dirs ``2-selective``/``3-translate``), ``random`` (``2-random``/
 ``3-translate-random``) and the others as ``2-<name>``/``3-translate-<name>``; ``visual_curriculum``
 takes its scores from the reference run's latest snapshot, ``san`` its sign embeddings from the
-reference run's best (else last) checkpoint.
+reference run's best (else last) checkpoint; ``self_trajectory`` (run dirs ``2-self_trajectory``/
+``3-translate-self_trajectory``) needs no reference run: it snapshots and scores itself every
+``interval`` epochs. The reference run is trained only when a strategy reads it, or when CL-SLT
+shares it (``share_reference=false``: CL-SLT trains its own stage 1, so each row's chain of steps
+is its own). The results table gives each row's chain compute: the wall and CPU seconds of every
+step the row needed (for SCL-SLT the reference run and scoring too), from ``pipeline.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     rows = pipeline.run()
     wall = time.time() - start
     print("\nTest results (best-on-dev checkpoint):")
-    print(results_table(rows))
+    print(results_table(rows, pipeline.chains))
     signature = next(iter(rows.values())).get("bleu_signature")
     if signature:
         print(f"BLEU signature: {signature}")
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             print(f"  {'pair scores':<22} {result['pair_scores']}")
     print(f"  {'step record':<22} {pipeline.state_path}")
     print(f"Step times (s): {json.dumps(pipeline.timings)}; this invocation {wall:.0f} s")
+    print(f"Step CPU times (s): {json.dumps(pipeline.cpu)}")
     return rows
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from . import batch_diagnostics, render, significance
-from .runs import METRICS, Run, _get, find_run_dirs, load_run, pipeline_timings
+from .compute import NOTE as COMPUTE_NOTE
+from .compute import compute_markdown
+from .runs import METRICS, Run, _get, find_run_dirs, load_run, pipeline_records
 from .strategies import strategy_tables
 from .tables import Table, _dataset_key, ablation_tables, category_tables, component_tables
 
@@ -41,8 +43,9 @@ def _runs_csv_row(r: Run) -> dict[str, Any]:
 
 
 def _markdown(
-    tables: Sequence[Table], runs: Sequence[Run], timings: dict[Path, dict[str, float]], how: str
+    tables: Sequence[Table], runs: Sequence[Run], run_dirs: Sequence[Path], how: str
 ) -> str:
+    timings = pipeline_records(run_dirs, "_timings")
     lines = [
         "# Results",
         "",
@@ -61,6 +64,10 @@ def _markdown(
     if diagnostics:
         lines += ["", "## Batch diagnostics (stage 1, last epoch)", "", diagnostics.rstrip("\n")]
         lines += ["", "Per epoch: `batch_diagnostics.png`."]
+    compute = compute_markdown(pipeline_records(run_dirs, "_chains"))
+    if compute:
+        lines += ["", "## Chain compute (each row's runs, end to end)", "", compute.rstrip("\n")]
+        lines += ["", COMPUTE_NOTE]
     if timings:
         lines += ["", "## Pipeline wall time", "", "| pipeline | steps (s) | total (s) |"]
         lines.append("|---|---|---|")
@@ -106,7 +113,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in ("tables.md", "tables.csv", "runs.csv")}
     how = f"Split `{split}`, checkpoint `{checkpoint}`"
-    markdown = _markdown(tables, runs, pipeline_timings(run_dirs), how)
+    markdown = _markdown(tables, runs, run_dirs, how)
     files["tables.md"].write_text(markdown, encoding="utf-8")
     with open(files["tables.csv"], "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=render.CSV_FIELDS)

@@ -45,8 +45,13 @@ REPORT_FILE = "report.json"
 BASELINE, W_CL, W_SCL = "baseline end-to-end", "w/ CL", "w/ SCL"
 CL_SLT, SCL_SLT = "CL-SLT", "SCL-SLT"
 COMPONENT_ROWS = (BASELINE, W_CL, W_SCL, CL_SLT, SCL_SLT)
-ONE_STAGE_ROWS = {"random": W_CL, "trajectory": W_SCL}  # by the run's selection.name
-TWO_STAGE_ROWS = {"random": CL_SLT, "trajectory": SCL_SLT}  # by its stage-1 run's
+SELF_SCL_SLT = "SCL-SLT (self-referenced)"  # stage 1 selection=self_trajectory, no reference run
+ONE_STAGE_ROWS = {  # by the run's selection.name
+    "random": W_CL,
+    "trajectory": W_SCL,
+    "self_trajectory": "w/ SCL (self-referenced)",
+}
+TWO_STAGE_ROWS = {"random": CL_SLT, "trajectory": SCL_SLT, "self_trajectory": SELF_SCL_SLT}
 
 
 class ReportError(ValueError):
@@ -274,14 +279,18 @@ def find_run_dirs(arguments: Sequence[str]) -> list[Path]:
     return list(found)
 
 
-def pipeline_timings(run_dirs: Iterable[Path]) -> dict[Path, dict[str, float]]:
-    """Step wall times of the pipelines (``pipeline.json`` beside the runs) the runs belong to."""
+def pipeline_records(run_dirs: Iterable[Path], key: str) -> dict[Path, dict[str, Any]]:
+    """``key`` of the pipelines' ``pipeline.json`` (beside the runs) the runs belong to:
+    ``_timings`` (step wall times), ``_chains`` (each row's steps and their wall / CPU sums)."""
     out = {}
     for folder in sorted({p.parent for p in run_dirs}):
         state_path = folder / "pipeline.json"
         if state_path.is_file():
             try:
-                out[folder] = dict(json.loads(state_path.read_text()).get("_timings", {}))
+                found = dict(json.loads(state_path.read_text()).get(key, {}))
             except (OSError, ValueError) as e:
                 log.warning("%s: unreadable (%s)", state_path, e)
+                continue
+            if found:
+                out[folder] = found
     return out

@@ -51,6 +51,7 @@ STRATEGY_ORDER = (
     "visual_curriculum",
     "san",
     "online_trajectory",
+    "self_trajectory",
     "visual_confusable",  # runs from before its rename to visual_curriculum
 )
 

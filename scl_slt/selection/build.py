@@ -1,6 +1,6 @@
 """The training batch sampler named by ``selection.name``: the one place that maps a selection to
 its sampler (``samplers.py``: random; ``curriculum.py``: trajectory and the strategies that bring
-other pair scores; ``online.py``: online_trajectory)."""
+other pair scores; ``online.py``: online_trajectory; ``self_reference.py``: self_trajectory)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .samplers import (
     check_distinct_targets,
     target_groups,
 )
+from .self_reference import SelfCurriculumSampler, SelfReference
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def build_batch_sampler(
     negatives per anchor (``hard_negatives.py``) with ``selection.checkpoint``'s sign embeddings
     of the train split, encoded once from ``data`` (the run's DataConfig) on ``device`` into
     ``run_dir``, and the train ``texts`` (``language`` for near-identical ones). ``online_trajectory``
-    needs the ``OnlineTrajectory`` the training loop updates after every step (``online.py``).
+    needs the ``OnlineTrajectory`` the training loop updates after every step (``online.py``),
+    ``self_trajectory`` the ``SelfReference`` the stage scores its own snapshots with, passed as
+    ``trajectory`` too (``self_reference.py``).
     ``selection.distinct_targets`` needs the train ``texts`` (any selection).
     """
     try:
@@ -105,6 +108,29 @@ def build_batch_sampler(
                 num_samples,
             )
         return OnlineCurriculumSampler(
+            trajectory, batch_size, epochs, cfg.schedule, seed, rank, world_size, drop_last,
+            cfg.pool_size, target_groups=groups,
+        )  # fmt: skip
+    if name is SelectionName.self_trajectory:
+        if not isinstance(trajectory, SelfReference):
+            raise ConfigError(
+                "selection.name: self_trajectory needs the SelfReference that stage 1 scores its "
+                "own snapshots with (build_batch_sampler(..., trajectory=...))"
+            )
+        if trajectory.num_samples != num_samples:
+            raise ValueError(
+                f"self_trajectory: the reference covers {trajectory.num_samples} samples, "
+                f"the training split has {num_samples}"
+            )
+        if rank == 0:
+            log.info(
+                "pair selection: self-referenced trajectories, schedule %s, snapshots every %d "
+                "epochs, %d samples",
+                Schedule(cfg.schedule).value,
+                trajectory.interval,
+                num_samples,
+            )
+        return SelfCurriculumSampler(
             trajectory, batch_size, epochs, cfg.schedule, seed, rank, world_size, drop_last,
             cfg.pool_size, target_groups=groups,
         )  # fmt: skip

@@ -293,6 +293,8 @@ class SnapshotTracker:
 
     ``out_dir`` is the run's snapshot folder (``snapshots_dir(run_dir)``); ``total_epochs`` is the
     run's last epoch; ``fingerprint`` comes from ``fingerprint_of(config, train_names)``.
+    ``final=False`` skips the snapshot after the last epoch (the self-referenced selection has no
+    later epoch to use it for).
     """
 
     def __init__(
@@ -301,6 +303,7 @@ class SnapshotTracker:
         interval: int,
         total_epochs: int,
         fingerprint: dict[str, Any],
+        final: bool = True,
     ):
         if interval < 1:
             raise ValueError(f"tracker.interval must be >= 1, got {interval}")
@@ -310,14 +313,18 @@ class SnapshotTracker:
         self.interval = int(interval)
         self.total_epochs = int(total_epochs)
         self.fingerprint = dict(fingerprint)
+        self.final = final
 
     def due(self, completed_epochs: int) -> bool:
-        """Snapshot now? Before the first update (0), every ``interval`` epochs, and at the end."""
+        """Snapshot now? Before the first update (0), every ``interval`` epochs, and at the end
+        (unless ``final`` is off: then only the interval's snapshots before the last epoch)."""
         if not 0 <= completed_epochs <= self.total_epochs:
             raise ValueError(
                 f"completed_epochs must be in [0, {self.total_epochs}], got {completed_epochs}"
             )
-        return completed_epochs % self.interval == 0 or completed_epochs == self.total_epochs
+        if completed_epochs == self.total_epochs:
+            return self.final
+        return completed_epochs % self.interval == 0
 
     def path_for(self, completed_epochs: int) -> Path:
         return self.out_dir / snapshot_dirname(completed_epochs)

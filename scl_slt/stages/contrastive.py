@@ -8,7 +8,11 @@ The batches come from the selection sampler: shuffled (``selection=random``, the
 the reference run) or the pair-selection curriculum fed by one of the pair scores: a reference
 run's trajectories (``selection=trajectory``, SCL), target-sentence similarity
 (``text_semantic``), a reference snapshot's visual similarity (``visual_curriculum``), or
-trajectories recorded by this run itself (``online_trajectory``: after every optimizer step the
+trajectories of this run's own snapshots (``self_trajectory``: the tracker snapshots the train
+split every ``tracker.interval`` epochs and rank 0 scores each snapshot against the first one
+before the epoch's checkpoint, ``selection/self_reference.py``; the time of both is logged as a
+``self_reference`` record), or trajectories recorded by this run itself after every step
+(``online_trajectory``: after every optimizer step the
 B x B similarity of each global batch of the step's accumulation window, computed without
 gradient from the gathered projections of the loss's forward, goes into
 ``OnlineTrajectory.update`` on every rank; a step skipped as non-finite records nothing; the
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -54,6 +59,7 @@ from ..eval.translation import build_eval_loader
 from ..models import builder
 from ..selection.diagnostics import diagnostics_for
 from ..selection.online import ForwardTap, OnlineTrajectory, observe_global_batch
+from ..selection.self_reference import SelfReference
 from ..selection.tracker import SnapshotTracker, fingerprint_of, snapshots_dir
 from ..training.loop import TrainRun, build_train_sampler, forward_batch, signcl_term
 from ..training.run_context import RunContext, run_tokenizer
@@ -108,6 +114,13 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     trajectory = None
     if cfg.selection.name is SelectionName.online_trajectory:
         trajectory = OnlineTrajectory.from_config(cfg.selection, len(train_set))
+    self_ref = None
+    if cfg.selection.name is SelectionName.self_trajectory:
+        sim = cfg.model.similarity
+        self_ref = SelfReference(
+            run_dir, len(train_set), cfg.tracker.interval, s.epochs, sim.method, sim.tau,
+            runtime.device,
+        )  # fmt: skip
     sampler = build_train_sampler(
         cfg,
         runtime,
@@ -116,7 +129,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
         names=train_set.names,
         language=cfg.data.language,
         run_dir=run_dir,
-        trajectory=trajectory,
+        trajectory=trajectory if self_ref is None else self_ref,  # in-run selections
         data=cfg.data,  # san: encodes the train split with selection.checkpoint
         device=runtime.device,
     )
@@ -126,12 +139,13 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     seed_everything(cfg.seed)  # the same initial weights on every rank
     net = builder.build_model(cfg.model, cfg.data, tokenizer).to(runtime.device)  # logs counts
     tracker = None
-    if cfg.tracker.enabled:
+    if cfg.tracker.enabled or self_ref is not None:
         tracker = SnapshotTracker(
             snapshots_dir(run_dir),
             cfg.tracker.interval,
             s.epochs,
             fingerprint_of(run_ctx.config, train_set.names),
+            final=cfg.tracker.enabled,  # self_trajectory alone: no use for the last one
         )
         # Dataset order, no augmentation, and every sample: error mode whatever training does.
         tracker_data = dataclasses.replace(cfg.data, on_bad_sample=BadSample.error)
@@ -153,8 +167,21 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
 
     # ---- resume (RNG restored last) or start
     run = TrainRun.start(cfg, runtime, run_ctx, stop, net, sampler)
+
+    def snapshot() -> None:
+        """The tracker's snapshot after ``run.epoch`` epochs; self_trajectory scores it."""
+        started = time.perf_counter()
+        tracker.snapshot(net, tracker_loader, run.epoch, runtime.device, runtime.autocast)
+        if self_ref is not None and self_ref.due(run.epoch):
+            record = {"epoch": run.epoch, "snapshot_s": round(time.perf_counter() - started, 3)}
+            if run.epoch > 0:  # snapshot 0 is scored with the first δ
+                record.update(self_ref.update(run.epoch))
+            run_ctx.metrics.log("self_reference", run.step, record)
+
     if not run.resumed and tracker is not None and tracker.due(0):
-        tracker.snapshot(net, tracker_loader, 0, runtime.device, runtime.autocast)
+        snapshot()
+    if run.resumed and self_ref is not None:
+        self_ref.ensure(run.epoch)  # the δ the next epoch needs (rescored if missing)
     # Pure contrastive pre-training leaves the decoder unused: DDP must be told.
     model = wrap_for_training(
         net,
@@ -234,7 +261,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
             dev_metrics = evaluate(translate_now, align_now)
         if tracker is not None and tracker.due(run.epoch):
             run.check_weights("snapshot")
-            tracker.snapshot(net, tracker_loader, run.epoch, runtime.device, runtime.autocast)
+            snapshot()
         run.checkpoint()
 
     if run.finished_early and dev_loader is not None:

@@ -3,8 +3,10 @@
 ``Pipeline.run`` trains the reference run (``1-reference``), scores it, then for each stage-1
 strategy its contrastive stage (``2-*``) and the translation stage from it (``3-translate*``),
 and evaluates each on test. Every step is an ordinary run directory under ``out_dir``; finished
-steps are recorded in ``<out_dir>/pipeline.json`` with their wall time and are not run again,
-and an interrupted training step resumes from its newest checkpoint (``resume=auto``). The
+steps are recorded in ``<out_dir>/pipeline.json`` with their wall and CPU time and are not run
+again, and an interrupted training step resumes from its newest checkpoint (``resume=auto``).
+Each table row's *chain* (the steps it needed: reference run and scoring for SCL-SLT, its own
+stage 1, stage 2 and test) is summed into ``_chains`` there: the total compute of the row. The
 command's docstring (``scl_slt/pipeline.py``) lists the options.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,6 +32,14 @@ from . import run_stage
 log = logging.getLogger("scl_slt.pipeline")
 
 METRIC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l")
+# Stage-1 selections that read the reference run (its scores, snapshot or checkpoint).
+NEEDS_REFERENCE = ("trajectory", "visual_curriculum", "san")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished child processes."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 @dataclass
@@ -44,6 +55,9 @@ class PipelineConfig:
     start_epoch: int = 0  # trajectories start at the first snapshot at or after this epoch
     threshold: str = "last_median"  # last_median | per_snapshot
     compare_random: bool = False  # also run CL-SLT (random stage 1) on the same budget
+    # CL-SLT's stage 1 is the reference run when the budgets match (false: a run of its own,
+    # without snapshots, so its chain's compute is its own)
+    share_reference: bool = True
     # stage-1 selections to run steps 3-4 with (configs/selection/<name>.yaml), in this order
     strategies: list[str] = field(default_factory=lambda: ["trajectory"])
     device: str = "auto"
@@ -92,9 +106,13 @@ class Pipeline:
             json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         )
         self.timings: dict[str, float] = self.state.get("_timings", {})
+        self.cpu: dict[str, float] = self.state.get("_cpu", {})
+        self.chains: dict[str, dict] = self.state.get("_chains", {})
 
     def _save(self) -> None:
         self.state["_timings"] = self.timings
+        self.state["_cpu"] = self.cpu
+        self.state["_chains"] = self.chains
         write_text_atomic(self.state_path, json.dumps(self.state, indent=2, default=str))
 
     def step(self, name: str, fn, *args) -> Any:
@@ -102,12 +120,23 @@ class Pipeline:
             log.info("step %s already done: %s", name, self.state[name])
             return self.state[name]
         log.info("==> step %s", name)
-        start = time.time()
+        start, start_cpu = time.time(), cpu_seconds()
         result = fn(*args)
         self.timings[name] = round(time.time() - start, 1)
+        self.cpu[name] = round(cpu_seconds() - start_cpu, 1)
         self.state[name] = result
         self._save()
         return result
+
+    def chain(self, label: str, steps: list[str]) -> None:
+        """Record a row's chain of steps and its total wall and CPU time (a resumed step counts
+        only its last attempt)."""
+        self.chains[label] = {
+            "steps": steps,
+            "wall_s": round(sum(self.timings.get(s, 0.0) for s in steps), 1),
+            "cpu_s": round(sum(self.cpu.get(s, 0.0) for s in steps), 1),
+        }
+        self._save()
 
     def train(self, run_name: str, stage_overrides: list[str]) -> dict:
         experiment = [] if self.cfg.experiment == "none" else [f"experiment={self.cfg.experiment}"]
@@ -137,34 +166,47 @@ class Pipeline:
 
     def run(self) -> dict[str, dict]:
         c = self.cfg
-        ref = self.step(
-            "reference",
-            self.train,
-            "1-reference",
-            [
-                "stage=contrastive",
-                "selection=random",
-                "tracker.enabled=true",
-                f"tracker.interval={c.interval}",
-                f"stage.epochs={c.reference_epochs}",
-            ],
-        )
-        scores = self.step("score", self.score, Path(ref["run_dir"]))
-        rows: dict[str, dict] = {}
         strategies = list(c.strategies)
         if c.compare_random and "random" not in strategies:
             strategies.append("random")
+        same_budget = c.reference_epochs == c.contrastive_epochs
+        reuse = "random" in strategies and c.share_reference and same_budget
+        ref = scores = None
+        if reuse or any(name in NEEDS_REFERENCE for name in strategies):
+            ref = self.step(
+                "reference",
+                self.train,
+                "1-reference",
+                [
+                    "stage=contrastive",
+                    "selection=random",
+                    "tracker.enabled=true",
+                    f"tracker.interval={c.interval}",
+                    f"stage.epochs={c.reference_epochs}",
+                ],
+            )
+            scores = self.step("score", self.score, Path(ref["run_dir"]))
+        rows: dict[str, dict] = {}
         for selection in strategies:
             label, stage1_dir, stage2_dir = strategy_runs(selection)
-            extra = {
-                "trajectory": [f"selection.pair_scores={scores['pair_scores']}"],
-                "visual_curriculum": [f"selection.snapshot={ref['run_dir']}"],
-                "san": [f"selection.checkpoint={ref['run_dir']}"],  # its best, else last
-            }.get(selection, [])
-            if selection == "random" and c.reference_epochs == c.contrastive_epochs:
+            extra = []
+            if ref is not None:
+                extra = {
+                    "trajectory": [f"selection.pair_scores={scores['pair_scores']}"],
+                    "visual_curriculum": [f"selection.snapshot={ref['run_dir']}"],
+                    "san": [f"selection.checkpoint={ref['run_dir']}"],  # its best, else last
+                }.get(selection, [])
+                # batch diagnostics against the scored reference (δ, S, categories)
+                extra.append(f"selection.diagnostics_reference={ref['run_dir']}")
+            if selection == "self_trajectory":
+                extra.append(f"tracker.interval={c.interval}")  # its own snapshots
+            chain = ["reference", "score"] if selection == "trajectory" else []
+            if selection in ("visual_curriculum", "san"):
+                chain = ["reference"]
+            if selection == "random" and reuse:
                 # The reference run is this stage 1: the same config but for the tracker, which
                 # does not change training (docs/determinism.md); one stage-1 run saved.
-                s1 = ref
+                s1, chain = ref, ["reference"]
                 log.info("CL-SLT stage 1: the reference run %s (same budget)", ref["run_dir"])
             else:
                 s1 = self.step(
@@ -176,10 +218,9 @@ class Pipeline:
                         f"selection={selection}",
                         *extra,
                         f"stage.epochs={c.contrastive_epochs}",
-                        # batch diagnostics against the scored reference (δ, S, categories)
-                        f"selection.diagnostics_reference={ref['run_dir']}",
                     ],
                 )
+                chain.append(stage1_dir)
             s2 = self.step(
                 f"{stage2_dir}",
                 self.train,
@@ -191,6 +232,7 @@ class Pipeline:
                 ],
             )
             rows[label] = self.step(f"test-{label}", self.test, Path(s2["run_dir"]))
+            self.chain(label, [*chain, stage2_dir, f"test-{label}"])
         return rows
 
 
@@ -200,13 +242,23 @@ def strategy_runs(selection: str) -> tuple[str, str, str]:
         return "SCL-SLT", "2-selective", "3-translate"
     if selection == "random":
         return "CL-SLT", "2-random", "3-translate-random"
+    if selection == "self_trajectory":
+        return "SCL-SLT (self-referenced)", "2-self_trajectory", "3-translate-self_trajectory"
     return f"{selection} + SLT", f"2-{selection}", f"3-translate-{selection}"
 
 
-def results_table(rows: dict[str, dict]) -> str:
-    head = "| model | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L |\n|---|---|---|---|---|---|"
-    body = [
-        f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.2f}" for k in METRIC_KEYS) + " |"
-        for name, m in rows.items()
-    ]
-    return "\n".join([head, *body])
+def results_table(rows: dict[str, dict], chains: dict[str, dict] | None = None) -> str:
+    """The test scores of each row and, given the pipeline's chains, each row's total compute."""
+    chains = chains or {}
+    head = "| model | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L |"
+    rule = "|---|---|---|---|---|---|"
+    if chains:
+        head, rule = head + " chain wall (s) | chain CPU (s) |", rule + "---|---|"
+    body = []
+    for name, m in rows.items():
+        line = f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.2f}" for k in METRIC_KEYS)
+        if chains:
+            chain = chains.get(name, {})
+            line += f" | {chain.get('wall_s', float('nan')):.0f} | {chain.get('cpu_s', float('nan')):.0f}"
+        body.append(line + " |")
+    return "\n".join([head, rule, *body])

@@ -112,3 +112,32 @@ def test_cl_slt_stage_1_is_the_reference_run_when_the_budgets_match(tmp_path, mo
     alone = load_weights(separate["last_checkpoint"])
     assert reference.keys() == alone.keys()
     assert all(torch.equal(reference[k], alone[k]) for k in reference)
+
+
+def test_self_referenced_chain_needs_no_reference_run_and_each_chain_is_timed(
+    tmp_path, monkeypatch
+):
+    """self_trajectory alone trains no reference run; with share_reference=false CL-SLT trains
+    its own stage 1; every row's chain of steps and its wall / CPU sums are in pipeline.json."""
+    argv = ["strategies=[self_trajectory,random]", "share_reference=false", "contrastive_epochs=2",
+            "reference_epochs=2", "translate_epochs=1", "interval=1", "stage.eval_every=0",
+            *TINY_OVERRIDES]  # fmt: skip
+    out, rows = _run(tmp_path, monkeypatch, argv)
+    assert set(rows) == {"SCL-SLT (self-referenced)", "CL-SLT"}
+    assert not (out / "1-reference").exists()
+    own = out / "2-self_trajectory"
+    assert (own / "self_scores" / "delta-epoch-0001.npy").is_file()
+    state = json.loads((out / "pipeline.json").read_text())
+    chains = state["_chains"]
+    assert chains["CL-SLT"]["steps"] == ["2-random", "3-translate-random", "test-CL-SLT"]
+    label = "SCL-SLT (self-referenced)"
+    assert chains[label]["steps"] == ["2-self_trajectory", "3-translate-self_trajectory",
+                                      f"test-{label}"]  # fmt: skip
+    for chain in chains.values():
+        assert chain["wall_s"] == pytest.approx(sum(state["_timings"][s] for s in chain["steps"]), abs=0.2)  # fmt: skip
+        assert chain["cpu_s"] == pytest.approx(sum(state["_cpu"][s] for s in chain["steps"]), abs=0.2)  # fmt: skip
+        assert chain["cpu_s"] > 0
+    stage1 = yaml.safe_load((own / "config.yaml").read_text())
+    assert (
+        stage1["tracker"]["interval"] == 1 and stage1["selection"]["diagnostics_reference"] is None
+    )
