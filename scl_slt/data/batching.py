@@ -17,6 +17,20 @@ Batch contract (what ``Collator`` returns; every stage, the tracker and evaluati
     text_ids       LongTensor (B, L)      tokenizer.encode_targets(texts): [lang] ... </s>, padded
     text_mask      BoolTensor (B, L)
 
+Question-based SLT (``data.assist``, ``questions.py``): when the samples carry a ``question``,
+the batch also has
+
+    questions      list[str]              the raw question strings (or gloss sequences)
+    question_ids   LongTensor (B, Lq)     ``encode_questions``: [lang] ... </s>, padded
+    question_mask  BoolTensor (B, Lq)
+
+encoded as *source* text the way mBART-50 encodes an encoder input in the dataset's language,
+``[lang_code] tokens </s>`` (its ``src_lang`` convention), which is exactly
+``tokenizer.encode_targets``: the questions are in the target language, and the text encoder
+reads the same format. A batch whose samples carry no question has none of these keys (batches
+without QB-SLT are unchanged); a batch mixing samples with and without one is an error (a
+split's records either all carry a question or none does).
+
 A sample the dataset skipped (``data.on_bad_sample=skip``, see ``dataset.py``) arrives as None and
 is dropped: the batch is smaller, but there is still exactly one batch per sampler batch, so
 every rank steps the same number of times. A batch whose samples all failed collates to
@@ -39,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from .labels import DataError
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.uint8: np.uint8}
 
@@ -181,8 +197,29 @@ def _fill_batch(batch: torch.Tensor, clips: list[torch.Tensor]) -> None:
         batch[i, clip.shape[0] :] = 0
 
 
+def encode_questions(tokenizer: Any, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Questions as encoder input: ids (B, Lq) long, mask (B, Lq) bool (see the contract)."""
+    return tokenizer.encode_targets(questions)
+
+
+def _question_keys(tokenizer: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``questions``, ``question_ids``, ``question_mask`` when the samples carry questions."""
+    asked = ["question" in s for s in samples]
+    if not any(asked):
+        return {}
+    if not all(asked):
+        without = [s["name"] for s in samples if "question" not in s]
+        raise DataError(
+            f"samples {without} carry no question while others of their batch do: a split's "
+            "records either all carry one or none does (data.assist)"
+        )
+    questions = [s["question"] for s in samples]
+    question_ids, question_mask = encode_questions(tokenizer, questions)  # (B, Lq) each
+    return {"questions": questions, "question_ids": question_ids, "question_mask": question_mask}
+
+
 class Collator:
-    """Pads clips in time and tokenises target texts (see the batch contract above).
+    """Pads clips in time and tokenises target texts and questions (see the batch contract).
 
     ``reuse_buffers`` (set by ``BatchLoader``, which copies such batches out on arrival): in a
     DataLoader worker, batches are written into buffers the worker reuses; a plain DataLoader
@@ -227,6 +264,7 @@ class Collator:
                 names = [s["name"] for s in samples]
                 raise ValueError(f"samples {names}: some carry a colour change, some do not")
             batch["colour"] = torch.stack([s["colour"] for s in samples])  # (B, 2, 3)
+        batch.update(_question_keys(self.tokenizer, samples))
         if release is not None:
             batch[_RELEASE] = release
         return batch

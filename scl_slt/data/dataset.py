@@ -4,6 +4,7 @@ A split is a list of records (dicts with at least ``name`` and ``text``; see ``l
 a *clip source* that turns a record into a tensor: per-frame features ``(T, D)`` or frames
 ``(T, 3, H, W)``. Sources live next to their formats (``FeatureSource`` here, frame sources in
 ``frame_files.py`` and ``frame_store.py``), so the dataset itself knows nothing about files.
+A record's ``question`` (question-based SLT, ``questions.py``) is passed on in its sample.
 Samples become batches in ``batching.py`` (the batch contract is written there).
 
 Bad samples (``data.on_bad_sample``): a source raises ``DataError`` for a missing or unreadable
@@ -212,6 +213,12 @@ class SignDataset(Dataset):
     def names(self) -> list[str]:
         return [r["name"] for r in self.records]
 
+    @property
+    def questions(self) -> list[str]:
+        """The records' questions (``data.assist``), [] when they carry none: e.g. extra
+        training texts for the tiny tokenizer, so question words are in its vocabulary."""
+        return [r["question"] for r in self.records if "question" in r]
+
     def __getitem__(self, key: int | tuple[int, Sequence[int]]) -> dict[str, Any] | None:
         """Sample ``key``: an index, or ``(index, seed)`` from ``SeededBatches`` (the seed of the
         sample's augmentation; without one it draws from torch's RNG)."""
@@ -236,6 +243,8 @@ class SignDataset(Dataset):
             clip = clip[torch.from_numpy(subsample_indices(clip.shape[0], self.max_frames))]
         sample = {"index": index, "name": record["name"], "inputs": clip, "text": record["text"]}
         sample["video_frames"] = video_frames
+        if "question" in record:  # question-based SLT (data.assist); batching.py encodes it
+            sample["question"] = record["question"]
         if colour is not None:
             sample["colour"] = colour
         return sample

@@ -35,6 +35,7 @@ from .frame_store import CachedFrameSource, FrameCache
 from .frames import ClipTransform
 from .labels import DataError, labels_path, read_labels
 from .npy_header import read_npy_header
+from .questions import assist_records
 from .synthetic.generate import ensure_synthetic
 
 log = logging.getLogger(__name__)
@@ -179,9 +180,10 @@ def build_split(
     cfg: DataConfig, split: str, train: bool | None = None, feature_dim: int | None = None
 ) -> SignDataset:
     """The dataset of one split. ``train`` (default: split == "train") enables augmentation;
-    ``feature_dim`` is the width feature files must have (see ``feature_width``)."""
+    ``feature_dim`` is the width feature files must have (see ``feature_width``). Records carry
+    the ``question`` ``data.assist`` asks for (``questions.py``), checked before any clip is."""
     train = split == "train" if train is None else train
-    records = split_records(cfg, split)
+    records = assist_records(cfg, split, split_records(cfg, split))
     width = feature_width(cfg, records, feature_dim) if cfg.modality is Modality.features else None
     source = build_source(cfg, train, width)
     _check_known_broken(cfg, records, source)

@@ -24,6 +24,12 @@ length_mismatch        the label's ``length`` differs from the frames / feature 
 duplicate_name         a sample name seen twice in one split
 known_broken           a documented broken clip (CSL-Daily ``S000005_P0004_T00``) whose data is
                        bad; with ``ignore_known_broken=true`` it is listed but not counted
+missing_question       with ``data.assist=question`` or ``data.questions_dir``: a clip with no
+                       entry in ``<questions_dir>/<split>.json`` (format: ``questions.py``)
+empty_question         a clip whose question is blank (``data.assist=gloss``: no gloss sequence)
+unknown_question       a name in the question file that is no clip of the split
+duplicate_question     a clip written in the question file both with and without ``<split>/``
+bad_question_file      a question file that is missing, not JSON, not an object of strings
 =====================  ====================================================================
 
 ``decode=false`` checks existence and counts only (fast); ``decode=true`` decodes every frame,
@@ -43,10 +49,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, DataConfig, Modality
+from ..config import Assist, ConfigError, DataConfig, Modality
 from .datasets import data_config_from_args, frame_root_of, split_records
 from .frame_files import clip_folder, decode_frame, list_frames
 from .labels import SPLITS, DataError
+from .questions import match_questions, questions_path, split_questions
 from .scan import MISSING, ScanReport, scan_feature_files, scan_frame_cache
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,11 @@ CATEGORIES = (
     "length_mismatch",
     "duplicate_name",
     "known_broken",
+    "missing_question",
+    "empty_question",
+    "unknown_question",
+    "duplicate_question",
+    "bad_question_file",
 )
 
 
@@ -229,6 +241,41 @@ def _scanned_problems(
     return found
 
 
+def _question_problems(cfg: DataConfig, split: str, records: list[dict]) -> list[Problem]:
+    """What ``data.assist`` would trip over when the split is built (``questions.py``): the
+    question file (or the synthetic dialogue) against the clips, or the clips' glosses."""
+    if cfg.assist is Assist.gloss:
+        return [
+            Problem("empty_question", split, r["name"], "", "no gloss sequence (data.assist=gloss)")
+            for r in records
+            if not str(r.get("gloss") or "").strip()
+        ]
+    if cfg.assist is not Assist.question and not cfg.questions_dir:
+        return []
+    try:  # real data without data.questions_dir raises: a config error, not a data problem
+        questions, where = split_questions(cfg, split, records)
+    except DataError as e:
+        if not cfg.questions_dir:
+            raise
+        return [
+            Problem(
+                "bad_question_file",
+                split,
+                "",
+                str(questions_path(cfg.questions_dir, split)),
+                str(e),
+            )
+        ]
+    match = match_questions([r["name"] for r in records], questions, split)
+    found = (
+        ("missing_question", match.missing),
+        ("empty_question", match.empty),
+        ("unknown_question", match.unknown),
+        ("duplicate_question", match.twice),
+    )
+    return [Problem(category, split, name, where) for category, names in found for name in names]
+
+
 # ------------------------------------------------------------------------------------ driver
 def validate_dataset(
     cfg: DataConfig,
@@ -275,6 +322,7 @@ def validate_dataset(
                     report.problems.extend(
                         checker(record, scanned.get((split, record["name"]), []))
                     )
+            report.problems.extend(_question_problems(cfg, split, records[split]))
     finally:
         if pool is not None:
             pool.shutdown()

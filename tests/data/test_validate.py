@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scl_slt.config import DataConfig, Layout, Modality
+from scl_slt.config import Assist, DataConfig, Layout, Modality, SyntheticConfig
 from scl_slt.data.frame_cache import build_frame_cache
 from scl_slt.data.labels import write_labels
+from scl_slt.data.questions import write_questions
 from scl_slt.data.validate import CATEGORIES, main, validate_dataset
 
 
@@ -210,3 +211,78 @@ def test_clean_dataset_passes(tmp_path, decode, capsys):
         f"layout: gfslt\nmodality: frames\nlabels_dir: {tmp_path / 'labels'}\nframe_root: {tmp_path / 'frames'}\n"
     )
     assert main([f"data={config}", "splits=dev", f"decode={decode}"]) == 0
+
+
+# ---------------------------------------------------------------------------------- questions
+def features_dataset(root: Path, names: list[str], split: str = "dev", **kw) -> DataConfig:
+    """A clean features dataset of ``names`` (gloss "X" except where ``kw`` says otherwise)."""
+    (root / "feats" / split).mkdir(parents=True)
+    records = {n: {"name": n, "text": "t", "gloss": "X", "length": 2} for n in names}
+    for name in names:
+        np.save(root / "feats" / f"{name}.npy", np.zeros((2, 3), np.float32))
+    write_labels(root / "labels" / f"labels.{split}", records)
+    return DataConfig(layout=Layout.gfslt, modality=Modality.features, labels_dir=str(root / "labels"),
+                      feature_root=str(root / "feats"), **kw)  # fmt: skip
+
+
+def test_question_sidecar_problems_are_named_and_counted(tmp_path, capsys):
+    names = [f"dev/c{i}" for i in range(6)]
+    qa = tmp_path / "qa"
+    cfg = features_dataset(tmp_path, names, assist=Assist.question, questions_dir=str(qa))
+    questions = {"dev/c0": "wer?", "c1": "wo?", "dev/c2": " ", "dev/c3": "a", "c3": "a", "zz": "?"}
+    write_questions(qa / "dev.json", questions)  # c4, c5 missing
+    report = validate_dataset(cfg, splits=("dev",))
+    assert dict(report.counts()) == {
+        "missing_question": 2,
+        "empty_question": 1,
+        "unknown_question": 1,
+        "duplicate_question": 1,
+    }
+    assert {(p.category, p.name) for p in report.problems} == {
+        ("missing_question", "dev/c4"), ("missing_question", "dev/c5"),
+        ("empty_question", "dev/c2"), ("unknown_question", "zz"), ("duplicate_question", "dev/c3"),
+    }  # fmt: skip
+    assert all(p.path == str(qa / "dev.json") for p in report.problems)
+
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        f"layout: gfslt\nmodality: features\nlabels_dir: {cfg.labels_dir}\n"
+        f"feature_root: {cfg.feature_root}\nassist: question\nquestions_dir: {qa}\n"
+    )
+    assert main([f"data={config}", "splits=dev"]) == 1
+    out = capsys.readouterr().out
+    assert "missing_question     dev   dev/c4" in out and "FAILED: 5 problems" in out
+    assert "  missing_question     2" in out
+    write_questions(qa / "dev.json", {n: "frage" for n in names})
+    assert main([f"data={config}", "splits=dev"]) == 0  # the bare "c1" spelling is fine too
+    (qa / "dev.json").unlink()
+    assert main([f"data={config}", "splits=dev"]) == 1
+    assert "bad_question_file    dev" in capsys.readouterr().out
+
+
+def test_questions_dir_alone_is_checked_and_gloss_assistance_needs_glosses(tmp_path, capsys):
+    cfg = features_dataset(tmp_path, ["a", "b"], questions_dir=str(tmp_path / "qa"))
+    write_questions(tmp_path / "qa" / "dev.json", {"a": "wer?"})
+    assert dict(validate_dataset(cfg, splits=("dev",)).counts()) == {"missing_question": 1}
+    cfg.questions_dir = None
+    assert validate_dataset(cfg, splits=("dev",)).ok  # no assistance, no sidecar: nothing to check
+    cfg.assist = Assist.gloss
+    assert validate_dataset(cfg, splits=("dev",)).ok
+    write_labels(
+        Path(cfg.labels_dir) / "labels.dev", {"a": {"name": "a", "text": "t", "length": 2}}
+    )
+    assert [(p.category, p.name) for p in validate_dataset(cfg, splits=("dev",)).problems] == [
+        ("empty_question", "a")
+    ]
+    cfg.assist = Assist.question  # real data without questions_dir: a config error (exit 2)
+    config = tmp_path / "data.yaml"
+    config.write_text(f"layout: gfslt\nlabels_dir: {cfg.labels_dir}\nassist: question\n")
+    assert main([f"data={config}", "splits=dev", "data.modality=features",
+                 f"data.feature_root={cfg.feature_root}"]) == 2  # fmt: skip
+    assert "data.questions_dir is not set" in capsys.readouterr().err
+
+
+def test_synthetic_dialogue_validates(tmp_path):
+    synthetic = SyntheticConfig(cache_dir=str(tmp_path), num_train=10, num_dev=4, num_test=4)
+    cfg = DataConfig(modality=Modality.features, synthetic=synthetic, assist=Assist.question)
+    assert validate_dataset(cfg).ok

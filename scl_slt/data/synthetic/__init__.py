@@ -24,7 +24,8 @@ reuse a train sentence (signed again).
 Modules: ``grammar`` (lexicon, clause grammar, translation), ``language`` (vocabulary, twins,
 motions, signers), ``plan`` (every clip's sentence, signer and alignment), ``render`` (features
 and frames), ``generate`` (the on-disk dataset, cached and built atomically; ``ensure_synthetic``
-is what the data layer calls).
+is what the data layer calls), ``dialogue`` (the question each sentence answers, for
+``data.assist=question``; derived on load, nothing cached depends on it).
 
     python -m scl_slt.data.synthetic [modality=frames] [seed=1 num_train=200 ...]
 """

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from ...config import Modality
 from ..labels import labels_path, read_labels
+from .dialogue import dialogue_questions
 from .generate import META, cache_root, ensure_synthetic
 from .language import as_synthetic_config
 
@@ -37,8 +38,11 @@ def main(argv: Sequence[str]) -> None:
     print(f"duplicate groups in train: {len(meta['duplicate_groups'])}")
     for name, rate in meta["rates"].items():
         print(f"rate {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rate.items()))
-    for record in list(read_labels(labels_path(root, "train")).values())[:5]:
+    examples = list(read_labels(labels_path(root, "train")).values())[:5]
+    questions = dialogue_questions(cfg, examples)  # data.assist=question's dialogue
+    for record in examples:
         print(f"  {record['gloss']:<40} -> {record['text']}")
+        print(f"  {'':<40}    asked: {questions[record['name']]}")
 
 
 if __name__ == "__main__":

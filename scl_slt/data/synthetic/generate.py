@@ -50,6 +50,18 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when the output for a given config changes (invalidates caches)
 META = "meta.json"
+# Settings that change nothing the generator writes: the dialogue's questions are derived from
+# the records on load (dialogue.py), so these stay out of the cache key and meta.json, and
+# datasets cached before they existed stay valid.
+NOT_GENERATED = ("question_overlap",)
+
+
+def _generated_settings(cfg: SyntheticConfig) -> dict[str, Any]:
+    """The config as far as the generated files depend on it (plus where it is cached)."""
+    content = dataclasses.asdict(cfg)
+    for key in NOT_GENERATED:
+        content.pop(key)
+    return content
 
 
 # -------------------------------------------------------------------------------------- build
@@ -108,7 +120,7 @@ def _dataset_meta(cfg: SyntheticConfig, language: SyntheticLanguage, plan: dict)
         }
     return {
         "generator_version": GENERATOR_VERSION,
-        "config": dataclasses.asdict(cfg),
+        "config": _generated_settings(cfg),
         "glosses": [{"name": g, "category": CATEGORY_OF[g]} for g in language.glosses],
         "words": words,
         "confusable_pairs": [[language.glosses[a], language.glosses[b]] for a, b in language.twins],
@@ -134,7 +146,7 @@ def _generate_frames(cfg: SyntheticConfig, root: Path, folder: Path) -> None:
 # -------------------------------------------------------------------------------------- cache
 def config_hash(cfg: SyntheticConfig) -> str:
     """Short hash of everything that changes the generated data (not where it is cached)."""
-    content = dataclasses.asdict(cfg)
+    content = _generated_settings(cfg)
     content.pop("cache_dir")
     content["generator_version"] = GENERATOR_VERSION
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]

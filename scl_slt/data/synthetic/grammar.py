@@ -47,6 +47,10 @@ CATEGORIES: dict[str, list[str]] = {
 }
 # fmt: on
 CATEGORY_OF = {g: cat for cat, glosses in CATEGORIES.items() for g in glosses}
+# Words of the lexicon's phrases that carry no meaning of their own (articles, prepositions,
+# "es", the copulas); every other lexicon word translates a gloss: an answer's *content words*.
+FUNCTION_WORDS = frozenset({"am", "an", "in", "im", "der", "die", "den", "es", "ist", "gibt",
+                            "keine", "keinen"})  # fmt: skip
 MAX_CLAUSE_GLOSSES = 5
 MAX_SENTENCE_GLOSSES = 2 * MAX_CLAUSE_GLOSSES + 1  # two clauses and a conjunction
 
@@ -116,3 +120,21 @@ def translate(glosses: Sequence[str]) -> str:
     for joiner, clause in zip(joiners, clauses[1:]):
         parts += [joiner, _translate_clause(clause)]
     return " ".join(parts)
+
+
+# -------------------------------------------------------------------------------- content words
+def _lexicon_words() -> set[str]:
+    """Every word the lexicon's translations use (structural words of the grammar excluded)."""
+    phrases = [*TIMES.values(), *REGIONS.values(), *TEMPERATURES.values(), *NUMBERS.values()]
+    phrases += [p for entry in (*WEATHERS.values(), *MODIFIERS.values(), *TRENDS.values())
+                for p in entry if p]  # fmt: skip
+    return {word for phrase in phrases for word in phrase.split()}
+
+
+CONTENT_WORDS = frozenset(_lexicon_words() - FUNCTION_WORDS)
+
+
+def content_words(text: str) -> list[str]:
+    """The distinct content words of a target sentence, in order of first appearance: the words
+    that translate its glosses ("morgen regnet es im norden" -> morgen, regnet, norden)."""
+    return list(dict.fromkeys(w for w in text.split() if w in CONTENT_WORDS))

@@ -56,6 +56,7 @@ def check_config(cfg: SyntheticConfig) -> None:
         ("duplicate_rate", 0 <= cfg.duplicate_rate <= 1, "must be in [0, 1]"),
         ("eval_seen_rate", 0 <= cfg.eval_seen_rate <= 1, "must be in [0, 1]"),
         ("image_size", cfg.image_size >= 8, "must be >= 8"),
+        ("question_overlap", 0 <= cfg.question_overlap <= 1, "must be in [0, 1]"),
     ]
     # fmt: on
     for key, ok, message in checks:
@@ -115,6 +116,7 @@ def stream_rng(seed: int, *stream: int) -> np.random.Generator:
 
 
 STREAM_LANGUAGE, STREAM_PLAN, STREAM_SIGNERS, STREAM_FEATURES, STREAM_FRAMES = range(5)
+STREAM_DIALOGUE = 5  # the questions (dialogue.py): drawn apart, so they never move the data
 
 
 def _trim_lexicon(num_glosses: int) -> dict[str, list[str]]:
