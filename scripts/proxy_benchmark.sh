@@ -53,11 +53,16 @@ bash "$HERE/compare_strategies.sh" "$OUT"
 
 echo "== batch diagnostics, every strategy replayed against each seed's reference run"
 mkdir -p "$OUT/diagnostics"
-read -r -a STRATEGY_LIST <<<"$STRATEGIES"
+# online_trajectory and self_trajectory build their batches from the training run itself: their
+# diagnostics are the batch_diagnostics records of their stage-1 runs' metrics.jsonl.
+REPLAYED=()
+for strategy in $STRATEGIES; do
+  [[ $strategy == online_trajectory || $strategy == self_trajectory ]] || REPLAYED+=("$strategy")
+done
 for seed in $SEEDS; do
   ref=$OUT/seed$seed/1-reference
   [[ -f "$OUT/diagnostics/seed$seed.json" ]] && continue
-  "$PYTHON" -m scl_slt.diagnose "--strategies=$(IFS=,; echo "${STRATEGY_LIST[*]}")" \
+  "$PYTHON" -m scl_slt.diagnose "--strategies=$(IFS=,; echo "${REPLAYED[*]}")" \
     "--out=$OUT/diagnostics/seed$seed.json" "--work-dir=$OUT/diagnostics/work-seed$seed" \
     "experiment=$EXPERIMENT" "${DATA[@]}" "seed=$seed" "stage.epochs=$EPOCHS" \
     "selection.pair_scores=$ref/pair_scores.npy" "selection.diagnostics_reference=$ref" \

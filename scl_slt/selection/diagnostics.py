@@ -351,6 +351,9 @@ REPLAY_REFUSED = {
     "online_trajectory": "its batches depend on the similarities recorded while training (every "
     "epoch after the first is built from them), so they cannot be replayed without training; "
     "its diagnostics are the batch_diagnostics records of a training run's metrics.jsonl",
+    "self_trajectory": "its batches after the first interval come from the run's own snapshots "
+    "(selection/self_reference.py), so they cannot be replayed without training; its "
+    "diagnostics are the batch_diagnostics records of a training run's metrics.jsonl",
 }
 
 
