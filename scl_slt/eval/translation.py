@@ -145,6 +145,13 @@ def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_index[i] for i in sorted(by_index)]
 
 
+def question_of(host: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's question for ``generate`` (ids and mask on ``device``); none without one."""
+    if "question_ids" not in host:
+        return {}
+    return {k: host[k].to(device) for k in ("question_ids", "question_mask")}
+
+
 def translate_loader(
     model: torch.nn.Module,
     loader: Iterable[dict[str, Any]],
@@ -172,6 +179,7 @@ def translate_loader(
                 num_beams=generation.num_beams,
                 max_length=generation.max_length,
                 length_penalty=generation.length_penalty,
+                **question_of(batch.host, batch.inputs.device),  # question-based SLT
             )  # (B, L)
         hypotheses = tokenizer.decode(ids.cpu())
         texts, names = batch.host["texts"], batch.host["names"]

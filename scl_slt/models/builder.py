@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 from transformers import MBartConfig
 
-from ..config import DataConfig, LoraConfig, Modality, ModelConfig
+from ..config import Assist, DataConfig, Fusion, LoraConfig, Modality, ModelConfig
 from .sign_embedding import resnet18_weights
 from .slt import SignTranslationModel, SpecialTokens
 from .speed_options import apply_speed_options
@@ -70,9 +70,12 @@ def build_tokenizer(
     data_cfg: DataConfig,
     train_texts: Sequence[str],
     out_dir: str | os.PathLike | None = None,
+    extra_texts: Sequence[str] = (),
 ) -> SLTTokenizer:
     """mBART-50's tokenizer (`model.tokenizer_path` or `model.mbart_path`) or the tiny one
-    trained on `train_texts`; saved to `out_dir` (the run's `tokenizer/`) when given."""
+    trained on `train_texts` and `extra_texts` (the train questions of question-based SLT);
+    saved to `out_dir` (the run's `tokenizer/`) when given."""
+    train_texts = [*train_texts, *extra_texts]
     path = model_cfg.tokenizer_path or model_cfg.mbart_path
     if path and SLTTokenizer.is_saved_in(os.path.expanduser(path)):
         saved = SLTTokenizer.load(os.path.expanduser(path))
@@ -193,8 +196,14 @@ def assemble_model(
 
 
 def _new_model(
-    config: MBartConfig, model_cfg: ModelConfig, modality: Modality | str, special: SpecialTokens
+    config: MBartConfig,
+    model_cfg: ModelConfig,
+    modality: Modality | str,
+    special: SpecialTokens,
+    question: tuple[Fusion, int] | None = None,
 ) -> SignTranslationModel:
+    """``question``: (fusion mode, MLM mask id) of a question-based model."""
+    fusion, mask_id = question if question is not None else (None, None)
     return SignTranslationModel(
         config,
         model_cfg.sign_embedding,
@@ -202,7 +211,20 @@ def _new_model(
         model_cfg.similarity,
         special,
         freeze_text_encoder=model_cfg.freeze_text_encoder,
+        question=fusion,
+        mask_id=mask_id,
     )
+
+
+def question_setting(
+    model_cfg: ModelConfig, data_cfg: DataConfig, tokenizer: SLTTokenizer
+) -> tuple[Fusion, int] | None:
+    """(fusion, mask id) when the data carries questions (``data.assist``), else None. The mask
+    token is ``<mask>`` when the vocabulary has one, else ``<unk>`` (models/question.py)."""
+    if Assist(data_cfg.assist) is Assist.none:
+        return None
+    mask_id = tokenizer.backend.token_to_id("<mask>")
+    return Fusion(model_cfg.fusion), tokenizer.unk_id if mask_id is None else mask_id
 
 
 def apply_lora(model: SignTranslationModel, lora: LoraConfig) -> None:
@@ -251,6 +273,8 @@ def load_mbart_weights(model: SignTranslationModel, pretrained: nn.Module) -> No
     model.text_encoder.load_state_dict(encoder_state, strict=True)
     model.decoder.decoder.load_state_dict(pretrained.model.decoder.state_dict(), strict=True)
     model.decoder.final_logits_bias.copy_(pretrained.final_logits_bias)
+    if model.question is not None:  # the question encoder starts from mBART's encoder too
+        model.question.encoder.load_state_dict(encoder_state, strict=True)
 
 
 def build_model(
@@ -272,7 +296,8 @@ def build_model(
             )
     else:
         config = tiny_mbart_config(model_cfg, tokenizer)
-    model = _new_model(config, model_cfg, data_cfg.modality, special)
+    question = question_setting(model_cfg, data_cfg, tokenizer)
+    model = _new_model(config, model_cfg, data_cfg.modality, special, question)
     if pretrained is not None:
         load_mbart_weights(model, pretrained)
         log.info("mBART weights from %s", model_cfg.mbart_path)

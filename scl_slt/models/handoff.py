@@ -3,7 +3,8 @@
 One loader serves both places a trained checkpoint is read into a fresh model: stage 2
 initialised from stage 1 (``stage.init_from``) and evaluation (``python -m scl_slt.evaluate``).
 Submodule names are the contract (docs/architecture.md): ``sign_embedding``, ``visual_encoder``,
-``decoder`` always carry over; the text branch (``text_encoder``, ``similarity``) is dropped on
+``decoder`` always carry over, and so does ``question`` (question-based SLT: question encoder,
+fusion, MLM head) when the run reads questions; the text branch (``text_encoder``, ``similarity``) is dropped on
 purpose for translation, and kept for evaluating a stage-1 checkpoint's retrieval. Every other
 key must match exactly, or ``HandOffError`` lists the missing and unexpected keys before anything
 is loaded: no ``strict=False`` that silently starts from scratch.
@@ -64,6 +65,13 @@ def load_submodules(
     expected = set(model.state_dict())
     missing, extra = expected - set(kept), set(kept) - expected
     if missing or extra:
+        if any(k.split(".", 1)[0] == "question" for k in (*missing, *extra)):
+            raise HandOffError(
+                f"checkpoint and model disagree on the question branch (question-based SLT): "
+                f"{len(missing)} missing key(s) [{_listing(missing)}]; {len(extra)} unexpected "
+                f"key(s) [{_listing(extra)}]. Both stages (and evaluation) must use the same "
+                f"data.assist and model.fusion."
+            )
         raise HandOffError(
             f"checkpoint does not match the model: {len(missing)} missing key(s) "
             f"[{_listing(missing)}]; {len(extra)} unexpected key(s) [{_listing(extra)}]. "

@@ -6,7 +6,10 @@ Submodule names are the stage-1 -> stage-2 hand-off contract (`handoff.load_subm
     visual_encoder   MBart encoder fed `inputs_embeds` (+ CLS token for the `cls` method)
     text_encoder     a second MBart encoder over the target sentence (frozen by default)
     decoder          MBart decoder + LM head (tied to its embeddings), cross-attends to video
+                     (or to the question fusion's memory)
     similarity       SimilarityHead (projection, pooling, logit scale)
+    question         question-based SLT only (`data.assist`): question encoder, fusion block,
+                     MLM head (`question.QuestionBranch`); kept through stage 2 and inference
 
 The module builds everything from an `MBartConfig` with random weights; pretrained weights,
 ResNet weights and LoRA are applied by `builder.build_model`, the only place that reads files.
@@ -30,7 +33,8 @@ from transformers import MBartConfig, cache_utils
 from transformers.models.mbart import modeling_mbart
 from transformers.models.mbart.modeling_mbart import MBartDecoder, MBartEncoder
 
-from ..config import Modality, SignEmbeddingConfig, SimilarityConfig, SimilarityMethod
+from ..config import Fusion, Modality, SignEmbeddingConfig, SimilarityConfig, SimilarityMethod
+from .question import QuestionBranch
 from .sign_embedding import SignEmbedding
 from .similarity import SimilarityHead
 
@@ -96,6 +100,12 @@ class ModelOutput:
     text_proj_mask: Tensor | None = None  # (B, Lt)
     logit_scale: Tensor | None = None  # () exp(logit_scale), clamped
     logits: Tensor | None = None  # (B, L, V); logits[:, l] predicts text_ids[:, l]
+    question_tokens: Tensor | None = None  # (B, Lq, D) question encoder output
+    question_mask: Tensor | None = None  # (B, Lq) bool
+    question_proj: Tensor | None = None  # (B, Lq', d) the question through the text projection
+    question_proj_mask: Tensor | None = None  # (B, Lq')
+    mlm_logits: Tensor | None = None  # (B, Lq, V) of the masked question
+    mlm_labels: Tensor | None = None  # (B, Lq) masked tokens' ids, -100 elsewhere
 
 
 class VisualEncoder(nn.Module):
@@ -176,7 +186,11 @@ class SignTranslationModel(nn.Module):
         similarity_cfg: SimilarityConfig,
         special: SpecialTokens,
         freeze_text_encoder: bool = True,
+        question: Fusion | str | None = None,
+        mask_id: int | None = None,
     ):
+        """``question``: the fusion mode of a question-based model (None: video only);
+        ``mask_id``: its MLM mask token."""
         super().__init__()
         self.config = config
         self.special = special
@@ -189,6 +203,10 @@ class SignTranslationModel(nn.Module):
         self.similarity: SimilarityHead | None = SimilarityHead(similarity_cfg, config.d_model)
         if freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
+        self.question: QuestionBranch | None = None
+        if question is not None:
+            specials = (*special.suppressed, special.eos_id)
+            self.question = QuestionBranch(config, question, mask_id, specials)
 
     # ------------------------------------------------------------------- structure
     def drop_text_branch(self) -> None:
@@ -231,14 +249,21 @@ class SignTranslationModel(nn.Module):
         with_text: bool = True,
         with_decoder: bool = True,
         colour: Tensor | None = None,
+        question_ids: Tensor | None = None,
+        question_mask: Tensor | None = None,
+        mlm_ratio: float = 0.0,
+        mlm_generator: torch.Generator | None = None,
     ) -> ModelOutput:
         """inputs (B, T, D_in) or (B, T, 3, H, W); text_ids/text_mask (B, L) from
         `SLTTokenizer.encode_targets`; colour (B, 2, 3): the batch's ``colour``, present with
-        augmented uint8 frames. After `drop_text_branch()` the text fields are None."""
+        augmented uint8 frames. After `drop_text_branch()` the text fields are None.
+        question_ids/question_mask (B, Lq): the batch's question (a question-based model needs
+        it); with ``mlm_generator`` a share ``mlm_ratio`` of it is masked for the MLM term."""
         if (with_text or with_decoder) and (text_ids is None or text_mask is None):
             raise ValueError("text_ids and text_mask are required with with_text or with_decoder")
         sign, sign_mask, video, video_mask = self.encode_video(inputs, input_lengths, colour)
         out = ModelOutput(sign, sign_mask, video, video_mask)
+        self._encode_question(out, question_ids, question_mask)
         if self.similarity is not None:
             out.video_proj, out.video_proj_mask = self.similarity.project_video(video, video_mask)
             out.logit_scale = self.similarity.scale()
@@ -248,10 +273,38 @@ class SignTranslationModel(nn.Module):
                 out.text_proj, out.text_proj_mask = self.similarity.project_text(
                     out.text_tokens, text_mask
                 )
+            if out.question_tokens is not None and self.similarity is not None:
+                out.question_proj, out.question_proj_mask = self.similarity.project_text(
+                    out.question_tokens, out.question_mask
+                )
+        if mlm_generator is not None and self.question is not None:
+            out.mlm_logits, out.mlm_labels = self.question.mlm(
+                question_ids, question_mask, mlm_ratio, mlm_generator
+            )
         if with_decoder:
             decoder_inputs = shift_right(text_ids, text_mask, self.special)  # (B, L)
-            out.logits, _ = self.decoder(decoder_inputs, text_mask, video, video_mask)
+            memory, memory_mask = self._memory(out)  # (B, M, D)
+            out.logits, _ = self.decoder(decoder_inputs, text_mask, memory, memory_mask)
         return out
+
+    def _encode_question(self, out: ModelOutput, ids: Tensor | None, mask: Tensor | None) -> None:
+        """The question tokens (B, Lq, D) into ``out``, for a question-based model given one."""
+        if self.question is not None and ids is not None:
+            out.question_tokens, out.question_mask = self.question.encode(ids, mask), mask
+
+    def _memory(self, out: ModelOutput) -> tuple[Tensor, Tensor]:
+        """What the decoder cross-attends to: the video tokens, or with a question branch the
+        fusion of video and the encoded question."""
+        if self.question is None:
+            return out.video_tokens, out.video_mask
+        if out.question_tokens is None:
+            raise ValueError(
+                "this model reads a question with the video (data.assist): question_ids and "
+                "question_mask are required"
+            )
+        return self.question.memory(
+            out.video_tokens, out.video_mask, out.question_tokens, out.question_mask
+        )
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -263,6 +316,8 @@ class SignTranslationModel(nn.Module):
         max_length: int = 100,
         length_penalty: float = 1.0,
         use_cache: bool = True,
+        question_ids: Tensor | None = None,
+        question_mask: Tensor | None = None,
     ) -> Tensor:
         """Batched beam search -> (B, L) ids after the forced language code: tokens, </s>, pad.
 
@@ -271,7 +326,8 @@ class SignTranslationModel(nn.Module):
         only </s> among the top `num_beams` candidates of a step ends a hypothesis; a sample is
         done when it has `num_beams` finished hypotheses; step `max_length` forces </s> (at most
         `max_length` tokens per output, </s> included). Call `model.eval()` first. Non-finite
-        decoder logits raise FloatingPointError naming the step and the hypotheses.
+        decoder logits raise FloatingPointError naming the step and the hypotheses. A
+        question-based model needs the batch's `question_ids` / `question_mask` (B, Lq).
         """
         if num_beams < 1 or max_length < 1:
             raise ValueError(
@@ -280,7 +336,10 @@ class SignTranslationModel(nn.Module):
         limit = self.config.max_position_embeddings
         if max_length + 2 > limit:
             raise ValueError(f"max_length {max_length} + 2 exceeds the decoder's {limit} positions")
-        _, _, memory, memory_mask = self.encode_video(inputs, input_lengths)  # (B, Tv, D)
+        sign, sign_mask, video, video_mask = self.encode_video(inputs, input_lengths)
+        out = ModelOutput(sign, sign_mask, video, video_mask)
+        self._encode_question(out, question_ids, question_mask)
+        memory, memory_mask = self._memory(out)  # (B, M, D)
         return beam_search(
             self.decoder,
             memory,

@@ -62,6 +62,7 @@ from ..selection.online import ForwardTap, OnlineTrajectory, observe_global_batc
 from ..selection.self_reference import SelfReference
 from ..selection.tracker import SnapshotTracker, fingerprint_of, snapshots_dir
 from ..training.loop import TrainRun, build_train_sampler, forward_batch, signcl_term
+from ..training.question import question_inputs, question_terms, unused_question_parts
 from ..training.run_context import RunContext, run_tokenizer
 from ..training.runtime import (
     Runtime,
@@ -81,7 +82,8 @@ def compute_losses(
     w = cfg.loss
     with_decoder = w.translation_weight > 0
     args = (True, with_decoder, w.label_smoothing)  # text branch on: the contrastive term
-    out, text_mask, translation, token_share = forward_batch(model, batch, runtime, *args)
+    extra = question_inputs(batch, runtime.device, cfg)  # question-based SLT only
+    out, text_mask, translation, token_share = forward_batch(model, batch, runtime, *args, extra)
     terms: dict[str, torch.Tensor] = {}
     if translation is not None:
         terms["translation"] = translation
@@ -95,6 +97,9 @@ def compute_losses(
         loss = loss + w.translation_weight * terms["translation"] * token_share
     if "signcl" in terms:
         loss = loss + w.signcl_weight * terms["signcl"]
+    for name, (weight, value) in question_terms(out, batch, cfg).items():
+        terms[name] = value
+        loss = loss + weight * value
     return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
 
@@ -109,7 +114,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     train_set = build_split(cfg.data, "train", feature_dim=width)
     needs_dev = s.eval_every > 0 or align_every > 0
     dev_set = build_split(cfg.data, "dev", feature_dim=width) if needs_dev else None
-    tokenizer = run_tokenizer(cfg, run_dir, train_set.texts)
+    tokenizer = run_tokenizer(cfg, run_dir, train_set.texts, extra_texts=train_set.questions)
     collate = Collator(tokenizer)
     trajectory = None
     if cfg.selection.name is SelectionName.online_trajectory:
@@ -186,7 +191,7 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     model = wrap_for_training(
         net,
         runtime,
-        find_unused_parameters=cfg.loss.translation_weight == 0,
+        find_unused_parameters=cfg.loss.translation_weight == 0 or unused_question_parts(cfg),
         sync_batchnorm=s.sync_batchnorm,
         compile_model=s.compile,
     )  # DDP around net (changed in place); net stays the model itself

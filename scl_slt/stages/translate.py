@@ -30,6 +30,7 @@ from ..eval.translation import build_eval_loader
 from ..models import builder
 from ..models.handoff import load_checkpoint, locate_checkpoint
 from ..training.loop import TrainRun, build_train_sampler, forward_batch, signcl_term
+from ..training.question import question_inputs, question_terms, unused_question_parts
 from ..training.run_context import RunContext, run_tokenizer
 from ..training.runtime import Runtime, StopRequest, seed_everything, wrap_for_training
 
@@ -42,13 +43,17 @@ def compute_losses(
     """Forward one (share of a) batch; returns the loss to back-propagate and its terms to log."""
     w = cfg.loss
     args = (False, True, w.label_smoothing)  # text branch off, decoder on
-    out, text_mask, translation, token_share = forward_batch(model, batch, runtime, *args)
+    extra = question_inputs(batch, runtime.device, cfg)  # question-based SLT only
+    out, text_mask, translation, token_share = forward_batch(model, batch, runtime, *args, extra)
     terms = {"translation": translation}
     # Normalised by the global batch's tokens, not this rank's (see forward_batch).
     loss = w.translation_weight * translation * token_share
     if w.signcl_weight > 0:
         terms["signcl"] = signcl_term(out, batch, cfg)
         loss = loss + w.signcl_weight * terms["signcl"]
+    for name, (weight, value) in question_terms(out, batch, cfg).items():  # MLM (no similarity)
+        terms[name] = value
+        loss = loss + weight * value
     return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
 
@@ -64,7 +69,9 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     width = cfg.model.sign_embedding.feature_dim  # what feature files must hold (checked per file)
     train_set = build_split(cfg.data, "train", feature_dim=width)
     dev_set = build_split(cfg.data, "dev", feature_dim=width) if s.eval_every > 0 else None
-    tokenizer = run_tokenizer(cfg, run_dir, train_set.texts, source_dir=stage1_tokenizer)
+    tokenizer = run_tokenizer(
+        cfg, run_dir, train_set.texts, source_dir=stage1_tokenizer, extra_texts=train_set.questions
+    )
     collate = Collator(tokenizer)
     # random batches (texts: for selection.distinct_targets)
     sampler = build_train_sampler(cfg, runtime, len(train_set), texts=train_set.texts)
@@ -88,7 +95,11 @@ def train(cfg: TrainConfig, runtime: Runtime, run_ctx: RunContext, stop: StopReq
     # ---- resume (RNG restored last) or start
     run = TrainRun.start(cfg, runtime, run_ctx, stop, net, sampler)
     model = wrap_for_training(  # DDP around net (changed in place)
-        net, runtime, sync_batchnorm=s.sync_batchnorm, compile_model=s.compile
+        net,
+        runtime,
+        find_unused_parameters=unused_question_parts(cfg),
+        sync_batchnorm=s.sync_batchnorm,
+        compile_model=s.compile,
     )
 
     def evaluate() -> dict[str, Any]:

@@ -90,6 +90,7 @@ def forward_batch(
     with_text: bool,
     with_decoder: bool,
     label_smoothing: float,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor | None, torch.Tensor | float]:
     """One (share of a) batch through the model under the run's precision: ``(output,
     text_mask, translation loss, token share)``; without the decoder the loss is None and the
@@ -108,6 +109,7 @@ def forward_batch(
             with_text=with_text,
             with_decoder=with_decoder,
             colour=colour,
+            **(extra or {}),  # the question's inputs (training/question.py)
         )
         if with_decoder:
             translation = losses.translation_loss(out.logits, text_ids, text_mask, label_smoothing)

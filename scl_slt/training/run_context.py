@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,13 +197,18 @@ def open_stage(
 
 
 def run_tokenizer(
-    cfg: TrainConfig, run_dir: Path, train_texts: list[str], source_dir: Path | None = None
+    cfg: TrainConfig,
+    run_dir: Path,
+    train_texts: list[str],
+    source_dir: Path | None = None,
+    extra_texts: Sequence[str] = (),
 ) -> Any:
     """The run's tokenizer, saved once in ``<run_dir>/tokenizer``.
 
     Reopened when it exists (a resumed run must use the same one); otherwise copied from
     ``source_dir`` (stage 2 reuses stage 1's) or built by the model builder (the tiny tokenizer
-    is trained on ``train_texts``). Rank 0 builds; the other ranks load what it saved.
+    is trained on ``train_texts`` and ``extra_texts``, the train questions of question-based
+    SLT). Rank 0 builds; the other ranks load what it saved.
     """
     out = run_dir / TOKENIZER_DIR
 
@@ -214,7 +219,7 @@ def run_tokenizer(
             SLTTokenizer.load(source_dir).save(out)
             log.info("tokenizer copied from %s", source_dir)
         else:
-            build_tokenizer(cfg.model, cfg.data, train_texts, out).save(out)
+            build_tokenizer(cfg.model, cfg.data, train_texts, out, extra_texts).save(out)
             log.info("tokenizer built and saved in %s", out)
 
     on_main_process(build)

@@ -1,0 +1,84 @@
+"""Question-based SLT through the ordinary commands' stages: stage 1 with the video-question
+InfoNCE and MLM terms, stage 2 from it keeping the question branch, evaluation translating with
+the questions; gloss assistance; a hand-off between question and video-only runs is refused
+naming the keys; a resumed MLM run ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from scl_slt.eval.evaluator import evaluate_run
+from scl_slt.models.handoff import HandOffError
+from scl_slt.rundir.checkpoint import load_weights
+from scl_slt.rundir.layout import read_metrics
+from scl_slt.stages import run_stage, translate
+from scl_slt.training.runtime import TrainingInterrupted
+
+QBSLT = ["data.assist=question", "model.fusion=ssaw", "loss.mlm_weight=0.5", "model.dropout=0.0",
+         "stage.eval_every=0"]  # fmt: skip
+
+
+def test_stage_1_stage_2_and_evaluation_with_questions(tiny_train_cfg, tmp_path):
+    s1 = run_stage(tiny_train_cfg(*QBSLT, "loss.question_contrastive_weight=0.5",
+                                  f"run_dir={tmp_path / 's1'}"))  # fmt: skip
+    records = read_metrics(s1["run_dir"], "train")
+    assert records and all(r["mlm"] > 0 and r["question_contrastive"] > 0 for r in records)
+    weights = load_weights(s1["last_checkpoint"])
+    assert any(k.startswith("question.encoder.") for k in weights)
+    assert any(k.startswith("question.fusion.") for k in weights)
+
+    s2 = run_stage(tiny_train_cfg(*QBSLT, "stage=translate", f"stage.init_from={s1['run_dir']}",
+                                  f"run_dir={tmp_path / 's2'}"))  # fmt: skip
+    records = read_metrics(s2["run_dir"], "train")
+    assert all("mlm" in r and "question_contrastive" not in r for r in records)
+    metrics = evaluate_run(Path(s2["run_dir"]), checkpoint="last", split="test")
+    assert 0 <= metrics["bleu4"] <= 100
+    rows = (Path(s2["run_dir"]) / "eval" / "last" / "test" / "predictions.tsv").read_text()
+    assert len(rows.strip().splitlines()) == 1 + 6  # header + the 6 test clips
+
+    # A video-only stage 2 cannot start from the question run, and the other way round.
+    with pytest.raises(HandOffError, match="data.assist and model.fusion"):
+        run_stage(tiny_train_cfg("stage=translate", f"stage.init_from={s1['run_dir']}",
+                                 f"run_dir={tmp_path / 'video-only'}"))  # fmt: skip
+
+
+def test_gloss_assistance_reads_the_gloss_sequence(tiny_train_cfg, tmp_path, monkeypatch):
+    seen = []
+    original = translate.compute_losses
+
+    def record(model, batch, cfg, runtime):
+        seen.append(batch["questions"])
+        return original(model, batch, cfg, runtime)
+
+    monkeypatch.setattr(translate, "compute_losses", record)
+    cfg = tiny_train_cfg("data.assist=gloss", "model.fusion=concat", "stage=translate",
+                         "stage.max_steps=1", "stage.eval_every=0")  # fmt: skip
+    run_stage(cfg)
+    assert seen and all(q and q == q.upper() for q in seen[0])  # glosses are upper case
+
+
+def test_a_resumed_mlm_run_ends_where_an_uninterrupted_one_does(tiny_train_cfg, tmp_path, monkeypatch):  # fmt: skip
+    extra = [*QBSLT, "stage=translate", "model.dropout=0.3"]
+    straight = run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'straight'}"))
+    original, calls = translate.compute_losses, {"n": 0}
+
+    def signal_at_fifth(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(translate, "compute_losses", signal_at_fifth)
+        with pytest.raises(TrainingInterrupted):
+            run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'stopped'}"))
+    resumed = run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'stopped'}", "resume=auto"))
+    a, b = load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    mlm = [[r["mlm"] for r in read_metrics(x["run_dir"], "train")] for x in (straight, resumed)]
+    assert mlm[0] == mlm[1] and len(mlm[0]) == 6
