@@ -11,6 +11,8 @@ Rows of the component table (``classify_component``), from the run's config:
   directory; a moved tree is searched next to the run, see ``locate_recorded``);
 - ``stage=contrastive`` (one stage, evaluated directly): **w/ CL** for random batches (a tracked
   reference run too), **w/ SCL** for ``selection=trajectory``, "w/ S" for another strategy S.
+- a question-based run (``data.assist``) gets its assistance appended: "CL-SLT + question (ssaw,
+  SSL)", "CL-SLT + gloss (ssaw, SSL)" (``assistance_label``).
 
 The SCL setting of a selective run (or of the stage-1 run of a two-stage one) is its
 ``selection.schedule``; its trajectory interval, i.e. the ``tracker.interval`` of the reference run
@@ -134,6 +136,19 @@ def classify_component(config: dict[str, Any], init_config: dict[str, Any] | Non
     return ONE_STAGE_ROWS.get(selection, f"w/ {selection}")
 
 
+def assistance_label(config: dict[str, Any]) -> str:
+    """The suffix of a question-based run's row (``data.assist``), so question, gloss and
+    video-only runs never share a row: e.g. " + question (ssaw, SSL)", " + gloss (concat)";
+    SSL when the run has a question term (video-question InfoNCE or MLM)."""
+    assist = str(_get(config, "data.assist", "none"))
+    if assist == "none":
+        return ""
+    ssl = any(float(_get(config, f"loss.{k}", 0.0) or 0.0) > 0
+              for k in ("question_contrastive_weight", "mlm_weight"))  # fmt: skip
+    fusion = str(_get(config, "model.fusion", "none"))
+    return f" + {assist} ({fusion}{', SSL' if ssl else ''})"
+
+
 def trajectory_interval(config: dict[str, Any], run_dir: Path) -> str:
     """Epochs between the snapshots behind ``selection.pair_scores``; "?" when unknown. Scores
     made under the span protocol (``pair_scores.json``'s ``window``: δ over K intervals, not
@@ -215,6 +230,8 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
         init_config = read_run_config(init_dir) if init_dir else None
         run.stage1 = init_dir
         run.row = classify_component(run.config, init_config)
+        if run.row is not None:
+            run.row += assistance_label(run.config)
         override = path / REPORT_FILE
         if override.is_file():
             labels = json.loads(override.read_text())

@@ -459,7 +459,13 @@ def test_cli_and_bad_arguments(runs_root, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "script", ["reproduce_synthetic.sh", "reproduce_paper.sh", "compare_strategies.sh"]
+    "script",
+    [
+        "reproduce_synthetic.sh",
+        "reproduce_paper.sh",
+        "compare_strategies.sh",
+        "qbslt_synthetic.sh",
+    ],
 )
 def test_reproduce_scripts_parse(script):
     path = REPO / "scripts" / script
