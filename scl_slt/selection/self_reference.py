@@ -20,7 +20,9 @@ real one. Here the stage-1 run is its own reference:
 
 Which δ an epoch uses depends on the epoch alone and every δ file is written before the
 checkpoint of its epoch, so a resumed run rebuilds the very same batches; a δ file missing at
-resume is rescored from its snapshot (``SelfReference.ensure``).
+resume is rescored from its snapshot (``SelfReference.ensure``). Disk: only S^0 and the newest δ
+are kept (each N^2 x 2 bytes: 101 MB at PHOENIX14T, 677 MB at CSL-Daily); S^k and older δ files
+are removed once the new δ is written (the snapshots stay, so any of them can be rescored).
 
 Cost, against CL-SLT's stage 1 with the same epochs: one no-gradient pass over the train split
 per snapshot (epochs / interval of them) and one N x N scoring per snapshot (plus S^0); the time
@@ -146,6 +148,7 @@ class SelfReference:
         with new_score_matrix(path, self.num_samples) as out:
             S = (np.load(p, mmap_mode="r") for p in (first, last))
             trajectory_delta(S, [0, k], "endpoints", out=out)
+        self._prune(k, keep=(first, path))
         seconds = {
             "score_s": round(scored - started, 3),
             "delta_s": round(time.perf_counter() - scored, 3),
@@ -172,6 +175,14 @@ class SelfReference:
             path,
         )
         return {"epoch": k, **seconds}
+
+    def _prune(self, k: int, keep: tuple[Path, Path]) -> None:
+        """Remove the score files no later epoch reads: S^j (j > 0) and δ files other than
+        δ^k (with their records)."""
+        for npy in self.scores_dir.glob("*.npy"):
+            if npy not in keep and (npy.name.startswith(("S-", "delta-"))):
+                npy.unlink(missing_ok=True)
+                record_path(npy).unlink(missing_ok=True)
 
     def delta(self, k: int) -> np.ndarray:
         """δ^k, memory-mapped; a clear error when it was never written."""

@@ -97,18 +97,22 @@ def test_sampler_is_shuffled_until_the_first_interval_then_the_curriculum_over_d
     _write_snapshot(tmp_path, 2, seed=2)
     _write_snapshot(tmp_path, 4, seed=4)
     ref = _reference(tmp_path, interval=2, epochs=6)
-    ref.update(2)
-    ref.update(4)
     sampler = SelfCurriculumSampler(ref, BATCH, 6, "log", SEED)
     plain = RandomBatchSampler(N, BATCH, SEED)
     for epoch in (0, 1):
         assert sampler.global_batches(epoch) == plain.global_batches(epoch)
-    for epoch, k in ((2, 2), (3, 2), (4, 4), (5, 4)):
-        delta = np.load(ref.delta_path(k))
-        curriculum = CurriculumBatchSampler(delta, BATCH, 6, "log", SEED)
-        assert sampler.global_batches(epoch) == curriculum.global_batches(epoch), epoch
-    assert sampler.global_batches(2) != plain.global_batches(2)
-    assert sorted(i for b in sampler.global_batches(4) for i in b) == list(range(N))
+    for k in (2, 4):  # as in training: δ^k is written after epoch k - 1, before epoch k starts
+        ref.update(k)
+        curriculum = CurriculumBatchSampler(np.load(ref.delta_path(k)), BATCH, 6, "log", SEED)
+        for epoch in (k, k + 1):
+            batches = sampler.global_batches(epoch)
+            assert batches == curriculum.global_batches(epoch), epoch
+            assert batches != plain.global_batches(epoch), epoch
+            assert sorted(i for b in batches for i in b) == list(range(N))
+    # Only S^0 and the newest δ stay on disk; the snapshots stay, so older ones can be rescored.
+    assert sorted(p.name for p in ref.scores_dir.iterdir()) == [
+        "S-epoch-0000.json", "S-epoch-0000.npy", "delta-epoch-0004.json", "delta-epoch-0004.npy",
+    ]  # fmt: skip
 
 
 def test_build_batch_sampler_needs_the_reference_and_the_split_size(tmp_path):

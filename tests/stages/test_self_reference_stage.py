@@ -24,6 +24,7 @@ from scl_slt.rundir.layout import read_metrics
 from scl_slt.selection import self_reference
 from scl_slt.selection.curriculum import CurriculumBatchSampler
 from scl_slt.selection.samplers import RandomBatchSampler
+from scl_slt.selection.self_reference import SelfReference
 from scl_slt.stages import contrastive, run_stage
 from scl_slt.training.runtime import TrainingInterrupted
 
@@ -37,18 +38,27 @@ def make_cfg(tiny_train_cfg):
     return lambda *extra: tiny_train_cfg(*SELF, *extra)
 
 
+def _delta(run_dir: Path, k: int) -> np.ndarray:
+    """δ of the run's snapshot k (rescored from the snapshot when a newer one replaced it)."""
+    ref = SelfReference(run_dir, N_TRAIN, 1, EPOCHS, "cico", 0.07, "cpu")
+    ref.ensure(k)
+    return np.load(ref.delta_path(k))
+
+
 def _expected_batches(run_dir: Path, epoch: int) -> list[list[int]]:
     """Epoch ``epoch``'s global batches from the plain samplers: shuffled for epoch 0, else the
-    curriculum over the δ file of the snapshot after ``epoch`` completed epochs."""
+    curriculum over the δ of the snapshot after ``epoch`` completed epochs."""
     if epoch == 0:
         return RandomBatchSampler(N_TRAIN, BATCH, SEED).global_batches(0)
-    delta = np.load(run_dir / "self_scores" / f"delta-epoch-{epoch:04d}.npy")
+    delta = _delta(run_dir, epoch)
     return CurriculumBatchSampler(delta, BATCH, EPOCHS, "log", SEED).global_batches(epoch)
 
 
 def test_trains_on_the_curriculum_over_its_own_snapshots(make_cfg, recorded):
     result = run_stage(make_cfg())
     run_dir = Path(result["run_dir"])
+    kept = sorted(p.name for p in (run_dir / "self_scores").glob("*.npy"))
+    assert kept == ["S-epoch-0000.npy", "delta-epoch-0002.npy"]  # S^0 and the newest δ only
     trained = [recorded[i : i + 3] for i in range(0, len(recorded), 3)]
     assert len(trained) == EPOCHS
     for epoch in range(EPOCHS):
@@ -58,8 +68,7 @@ def test_trains_on_the_curriculum_over_its_own_snapshots(make_cfg, recorded):
     assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == [
         "epoch-0000", "epoch-0001", "epoch-0002",
     ]  # fmt: skip
-    d1, d2 = (np.load(run_dir / "self_scores" / f"delta-epoch-{k:04d}.npy") for k in (1, 2))
-    assert not np.array_equal(d1, d2)  # each epoch reads the newest trajectory
+    assert not np.array_equal(_delta(run_dir, 1), _delta(run_dir, 2))  # the newest trajectory
     records = read_metrics(run_dir, "self_reference")
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert all(r["snapshot_s"] >= 0 for r in records)
