@@ -9,16 +9,18 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from .. import __version__
 from .. import distributed as dist_utils
-from ..config import ConfigError
+from ..config import ConfigError, TrainConfig
 from ..distributed import on_main_process
 from ..rundir.checkpoint import (
     CHECKPOINTS,
@@ -61,12 +63,24 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    """Every key of the training schema with its default (enums as strings, unresolved)."""
+    schema = OmegaConf.structured(TrainConfig)
+    return _flatten(OmegaConf.to_container(schema, resolve=False, enum_to_str=True))
+
+
 def resume_config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for every key that matters and differs."""
+    """``key: saved -> current`` for every key that matters and differs. A key the saved config
+    lacks (added to the schema after the checkpoint was written) is no difference while the
+    current run keeps its default: a new key's default is the behaviour from before it."""
     a, b = _flatten(saved), _flatten(current)
+    defaults = _schema_defaults()
     diffs = []
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")

@@ -22,6 +22,25 @@ def test_resume_config_differences_names_keys_and_ignores_free_ones():
     assert resume_config_differences(saved, other) == ["stage.lr: 0.0001 -> 0.0002"]
 
 
+def test_a_key_added_after_the_checkpoint_is_no_difference_at_its_default():
+    """A checkpoint saved before data.assist / loss.mlm_weight existed resumes while the run
+    keeps their defaults (the behaviour it trained with), and refuses when one is changed."""
+    saved = {"stage": {"lr": 1e-4}, "loss": {"label_smoothing": 0.2}}
+    default = {"stage": {"lr": 1e-4}, "loss": {"label_smoothing": 0.2, "mlm_weight": 0.0},
+               "data": {"assist": "none"}}  # fmt: skip
+    assert resume_config_differences(saved, default) == []
+    changed = {**default, "data": {"assist": "question"}}
+    assert resume_config_differences(saved, changed) == ["data.assist: '<absent>' -> 'question'"]
+    # A key the schema does not know is a difference whatever its value.
+    unknown = {**default, "extra": {"key": 0.0}}
+    assert resume_config_differences(saved, unknown) == ["extra.key: '<absent>' -> 0.0"]
+    # A key the current config lacks but the saved one has still differs.
+    assert resume_config_differences(default, saved) == [
+        "data.assist: 'none' -> '<absent>'",
+        "loss.mlm_weight: 0.0 -> '<absent>'",
+    ]
+
+
 def test_locate_resume(tmp_path):
     assert locate_resume("none", tmp_path) is None
     assert locate_resume("auto", tmp_path) is None
