@@ -123,3 +123,21 @@ def fake_scored_reference(
     }
     (folder / "trajectory" / "summary.json").write_text(json.dumps(summary))
     return delta
+
+
+def sigterm_at_call(monkeypatch, stage_module, call: int) -> None:
+    """Deliver a real SIGTERM to this process during the ``call``-th forward (1-based) of
+    ``stage_module.compute_losses`` (the stage then stops at a checkpoint: a resume test)."""
+    import os
+    import signal
+
+    original = stage_module.compute_losses
+    calls = {"n": 0}
+
+    def forward_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stage_module, "compute_losses", forward_then_signal)

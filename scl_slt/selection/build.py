@@ -26,6 +26,21 @@ from .self_reference import SelfCurriculumSampler, SelfReference
 
 log = logging.getLogger(__name__)
 
+# Selections whose scores the training run produces: (what the engine passes as ``trajectory``,
+# the sampler, how the error names it).
+IN_RUN = {
+    SelectionName.online_trajectory: (
+        OnlineTrajectory,
+        OnlineCurriculumSampler,
+        "the OnlineTrajectory that the training loop updates after every step",
+    ),
+    SelectionName.self_trajectory: (
+        SelfReference,
+        SelfCurriculumSampler,
+        "the SelfReference that stage 1 scores its own snapshots with",
+    ),
+}
+
 
 def build_batch_sampler(
     cfg: SelectionConfig,
@@ -89,48 +104,27 @@ def build_batch_sampler(
         )
     if cfg.pool_size is not None and cfg.pool_size < 1:
         raise ConfigError(f"selection.pool_size: must be >= 1 or null, got {cfg.pool_size}")
-    if name is SelectionName.online_trajectory:
-        if not isinstance(trajectory, OnlineTrajectory):
+    if name in IN_RUN:  # the curriculum over scores the training run itself produces
+        kind, sampler_class, what = IN_RUN[name]
+        if not isinstance(trajectory, kind):
             raise ConfigError(
-                "selection.name: online_trajectory needs the OnlineTrajectory that the training "
-                "loop updates after every step (build_batch_sampler(..., trajectory=...))"
+                f"selection.name: {name.value} needs {what} "
+                "(build_batch_sampler(..., trajectory=...))"
             )
         if trajectory.num_samples != num_samples:
             raise ValueError(
-                f"online_trajectory: the trajectory covers {trajectory.num_samples} samples, "
+                f"{name.value}: the trajectory covers {trajectory.num_samples} samples, "
                 f"the training split has {num_samples}"
             )
         if rank == 0:
             log.info(
-                "pair selection: online trajectory, schedule %s, decay %s, %d samples",
+                "pair selection: %s, schedule %s, %d samples (%s)",
+                name.value,
                 Schedule(cfg.schedule).value,
-                trajectory.decay,
                 num_samples,
+                trajectory.describe(),
             )
-        return OnlineCurriculumSampler(
-            trajectory, batch_size, epochs, cfg.schedule, seed, rank, world_size, drop_last,
-            cfg.pool_size, target_groups=groups,
-        )  # fmt: skip
-    if name is SelectionName.self_trajectory:
-        if not isinstance(trajectory, SelfReference):
-            raise ConfigError(
-                "selection.name: self_trajectory needs the SelfReference that stage 1 scores its "
-                "own snapshots with (build_batch_sampler(..., trajectory=...))"
-            )
-        if trajectory.num_samples != num_samples:
-            raise ValueError(
-                f"self_trajectory: the reference covers {trajectory.num_samples} samples, "
-                f"the training split has {num_samples}"
-            )
-        if rank == 0:
-            log.info(
-                "pair selection: self-referenced trajectories, schedule %s, snapshots every %d "
-                "epochs, %d samples",
-                Schedule(cfg.schedule).value,
-                trajectory.interval,
-                num_samples,
-            )
-        return SelfCurriculumSampler(
+        return sampler_class(
             trajectory, batch_size, epochs, cfg.schedule, seed, rank, world_size, drop_last,
             cfg.pool_size, target_groups=groups,
         )  # fmt: skip

@@ -88,6 +88,9 @@ class OnlineTrajectory:
     def from_config(cls, cfg: SelectionConfig, num_samples: int) -> OnlineTrajectory:
         return cls(num_samples, cfg.online_decay, cfg.online_dtype)
 
+    def describe(self) -> str:
+        return f"in-batch EMA, decay {self.decay}"
+
     def update(self, indices: Any, sim: Any) -> None:
         """Record one global batch: ``sim[a, b]`` is the similarity of video ``indices[a]`` and
         text ``indices[b]``. Accepts numpy arrays or torch tensors (detached, moved to CPU here).

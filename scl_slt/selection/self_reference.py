@@ -90,6 +90,9 @@ class SelfReference:
     def scores_dir(self) -> Path:
         return self.run_dir / SELF_SCORES_DIRNAME
 
+    def describe(self) -> str:
+        return f"its own snapshots every {self.interval} epochs"
+
     # ------------------------------------------------------------------ which snapshot, when
     def due(self, completed_epochs: int) -> bool:
         """Whether the snapshot after ``completed_epochs`` serves a later epoch."""

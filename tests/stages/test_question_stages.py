@@ -5,12 +5,11 @@ naming the keys; a resumed MLM run ends where an uninterrupted one does."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import sigterm_at_call
 
 from scl_slt.eval.evaluator import evaluate_run
 from scl_slt.models.handoff import HandOffError
@@ -65,16 +64,8 @@ def test_gloss_assistance_reads_the_gloss_sequence(tiny_train_cfg, tmp_path, mon
 def test_a_resumed_mlm_run_ends_where_an_uninterrupted_one_does(tiny_train_cfg, tmp_path, monkeypatch):  # fmt: skip
     extra = [*QBSLT, "stage=translate", "model.dropout=0.3"]
     straight = run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'straight'}"))
-    original, calls = translate.compute_losses, {"n": 0}
-
-    def signal_at_fifth(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args)
-
     with monkeypatch.context() as m:
-        m.setattr(translate, "compute_losses", signal_at_fifth)
+        sigterm_at_call(m, translate, 5)
         with pytest.raises(TrainingInterrupted):
             run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'stopped'}"))
     resumed = run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'stopped'}", "resume=auto"))

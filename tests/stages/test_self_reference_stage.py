@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, compose_train
+from conftest import TINY_OVERRIDES, compose_train, sigterm_at_call
 
 from scl_slt.config import ConfigError
 from scl_slt.config_checks import validate_train
@@ -78,17 +77,10 @@ def test_trains_on_the_curriculum_over_its_own_snapshots(make_cfg, recorded):
 
 def test_resumes_exactly_even_without_its_latest_delta(make_cfg, tmp_path, monkeypatch):
     straight = run_stage(make_cfg(f"run_dir={tmp_path / 'straight'}"))
-    original, calls = contrastive.compute_losses, {"n": 0}
-
-    def signal_at_eighth(*args):
-        calls["n"] += 1
-        if calls["n"] == 8:  # epoch 2 (0-based), its second batch: curriculum over δ^2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args)
-
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as m:
-        m.setattr(contrastive, "compute_losses", signal_at_eighth)
+        # epoch 2 (0-based), its second batch: curriculum over δ^2
+        sigterm_at_call(m, contrastive, 8)
         with pytest.raises(TrainingInterrupted):
             run_stage(make_cfg(f"run_dir={stopped}"))
     for suffix in (".npy", ".json"):  # the δ epoch 2 needs: rescored from its snapshot

@@ -8,8 +8,6 @@ are checked against a naive computation, and ``python -m scl_slt.evaluate`` prin
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, sigterm_at_call
 
 from scl_slt.config import ConfigError
 from scl_slt.config_checks import validate_train
@@ -135,16 +133,9 @@ def test_online_trajectory_records_every_step_and_feeds_the_next_epoch(make_cfg,
 def test_online_trajectory_resumes_exactly(make_cfg, tmp_path, monkeypatch):
     extra = ["selection=online_trajectory", "model.dropout=0.3"]
     straight = run_stage(make_cfg(*extra, f"run_dir={tmp_path / 'straight'}"))
-    original, calls = contrastive.compute_losses, {"n": 0}
-
-    def signal_at_fifth(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, its second batch: mid-epoch, curriculum batches
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args)
-
     with monkeypatch.context() as m:
-        m.setattr(contrastive, "compute_losses", signal_at_fifth)
+        # epoch 2, its second batch: mid-epoch, curriculum batches
+        sigterm_at_call(m, contrastive, 5)
         with pytest.raises(TrainingInterrupted):
             run_stage(make_cfg(*extra, f"run_dir={tmp_path / 'stopped'}"))
     resumed = run_stage(make_cfg(*extra, f"run_dir={tmp_path / 'stopped'}", "resume=auto"))

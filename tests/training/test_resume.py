@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import sigterm_at_call
 
 import scl_slt
 from scl_slt.config import ConfigError, to_container
@@ -21,20 +21,6 @@ from scl_slt.rundir.checkpoint import load_train_state, load_weights
 from scl_slt.rundir.layout import read_metrics
 from scl_slt.stages import contrastive, run_stage, translate
 from scl_slt.training.runtime import TrainingInterrupted
-
-
-def _sigterm_at_call(monkeypatch, stage_module, call: int) -> None:
-    """Deliver a real SIGTERM to this process during the ``call``-th forward (1-based)."""
-    original = stage_module.compute_losses
-    calls = {"n": 0}
-
-    def forward_then_signal(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(stage_module, "compute_losses", forward_then_signal)
 
 
 def _pair_scores(tmp_path, n: int) -> str:
@@ -98,7 +84,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(
 
     stopped_dir = tmp_path / "stopped"
     with monkeypatch.context() as m:
-        _sigterm_at_call(m, stage_module, kill_call)
+        sigterm_at_call(m, stage_module, kill_call)
         with pytest.raises(TrainingInterrupted) as stopped:
             run_stage(tiny_train_cfg(*extra, f"run_dir={stopped_dir}"))
     assert stopped.value.signum == signal.SIGTERM
