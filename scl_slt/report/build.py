@@ -23,7 +23,7 @@ from typing import Any
 
 from . import batch_diagnostics, render, significance
 from .compute import NOTE as COMPUTE_NOTE
-from .compute import compute_markdown
+from .compute import collect_chains, compute_markdown
 from .runs import METRICS, Run, _get, find_run_dirs, load_run, pipeline_records
 from .strategies import strategy_tables
 from .tables import Table, _dataset_key, ablation_tables, category_tables, component_tables
@@ -64,7 +64,7 @@ def _markdown(
     if diagnostics:
         lines += ["", "## Batch diagnostics (stage 1, last epoch)", "", diagnostics.rstrip("\n")]
         lines += ["", "Per epoch: `batch_diagnostics.png`."]
-    compute = compute_markdown(pipeline_records(run_dirs, "_chains"))
+    compute = compute_markdown(collect_chains(pipeline_records(run_dirs, "_chains"), runs))
     if compute:
         lines += ["", "## Chain compute (each row's runs, end to end)", "", compute.rstrip("\n")]
         lines += ["", COMPUTE_NOTE]

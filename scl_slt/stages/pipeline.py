@@ -128,11 +128,12 @@ class Pipeline:
         self._save()
         return result
 
-    def chain(self, label: str, steps: list[str]) -> None:
-        """Record a row's chain of steps and its total wall and CPU time (a resumed step counts
-        only its last attempt)."""
+    def chain(self, label: str, steps: list[str], run_dir: str) -> None:
+        """Record a row's chain of steps, its final run (``run_dir``: the report names the row
+        from it) and its total wall and CPU time (a resumed step counts its last attempt)."""
         self.chains[label] = {
             "steps": steps,
+            "run_dir": run_dir,
             "wall_s": round(sum(self.timings.get(s, 0.0) for s in steps), 1),
             "cpu_s": round(sum(self.cpu.get(s, 0.0) for s in steps), 1),
         }
@@ -232,7 +233,7 @@ class Pipeline:
                 ],
             )
             rows[label] = self.step(f"test-{label}", self.test, Path(s2["run_dir"]))
-            self.chain(label, [*chain, stage2_dir, f"test-{label}"])
+            self.chain(label, [*chain, stage2_dir, f"test-{label}"], s2["run_dir"])
         return rows
 
 
