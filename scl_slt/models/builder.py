@@ -228,7 +228,8 @@ def question_setting(
 
 
 def apply_lora(model: SignTranslationModel, lora: LoraConfig) -> None:
-    """LoRA adapters on the visual encoder and the decoder, whose own weights then freeze.
+    """LoRA adapters on the visual encoder, the decoder and a question encoder, whose own
+    weights then freeze.
 
     New parameters of the visual side (the CLS token) stay trainable; the text encoder keeps the
     setting of `freeze_text_encoder`; the sign embedding and the similarity head train fully.
@@ -245,7 +246,10 @@ def apply_lora(model: SignTranslationModel, lora: LoraConfig) -> None:
         target_modules=list(lora.target_modules),
         bias="none",
     )
-    for target in (model.visual_encoder.encoder, model.decoder):
+    targets = [model.visual_encoder.encoder, model.decoder]
+    if model.question is not None:  # the question encoder trains through adapters too
+        targets.append(model.question.encoder)
+    for target in targets:
         target.requires_grad_(False)
         inject_adapter_in_model(peft_cfg, target)
         for name, param in target.named_parameters():

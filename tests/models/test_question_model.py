@@ -125,3 +125,17 @@ def test_video_question_infonce_is_the_contrastive_loss_on_the_question_projecti
     )
     torch.testing.assert_close(terms["question_contrastive"][1], expected)
     assert not torch.allclose(expected, losses.output_contrastive_loss(out, "cico", 0.07))
+
+
+def test_lora_adapts_the_question_encoder_like_the_visual_encoder_and_decoder():
+    from scl_slt.models.builder import apply_lora
+
+    model, _ = _model("ssaw")
+    cfg = ModelConfig()
+    cfg.lora.target_modules = ["q_proj", "v_proj"]
+    apply_lora(model, cfg.lora)
+    trainable = {n for n, p in model.question.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        "lora_" in n or n.startswith(("fusion.", "mlm_head.")) for n in trainable
+    )
+    assert not model.question.encoder.embed_tokens.weight.requires_grad
