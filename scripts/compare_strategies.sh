@@ -14,6 +14,7 @@
 #   2-visual_curriculum / ...                      curriculum over the reference snapshot's visual similarity
 #   2-san / 3-translate-san                        SAN: per-anchor hard negatives, reference checkpoint's sign embeddings
 #   2-online_trajectory / ...                      in-run EMA trajectories (no reference run)
+#   2-self_trajectory / ...                        its own snapshots every INTERVAL epochs (no reference run)
 # The stage-1 runs are then evaluated on test (Hydra multirun over the run dirs): translation
 # metrics, retrieval R@K / median rank and SDR go into <run>/eval/best/test/metrics.json.
 # Everything resumes: run again with the same OUT_DIR and finished steps are skipped.
@@ -25,6 +26,8 @@
 #   STRATEGIES ["trajectory random text_semantic visual_curriculum san online_trajectory"]
 #   REFERENCE_EPOCHS [6]  INTERVAL [2]  CONTRASTIVE_EPOCHS [12]  TRANSLATE_EPOCHS [12]
 #   EVAL_EVERY [4]  EXTRA [""] (more Hydra overrides for every training run)
+#   SHARE_REFERENCE [true]  false: CL-SLT (random) trains its own stage 1 instead of reusing the
+#       reference run, so each row's chain compute (pipeline.json _chains, the report) is its own
 #   BASELINE [0]  1: also the end-to-end baseline (stage=translate from scratch, TRANSLATE_EPOCHS)
 #       per seed in OUT_DIR/baseline/seed<S>, evaluated on test, so the report has the component
 #       table's baseline / CL-SLT / SCL-SLT rows (with "random" and "trajectory" in STRATEGIES)
@@ -48,6 +51,7 @@ CONTRASTIVE_EPOCHS=${CONTRASTIVE_EPOCHS:-12}
 TRANSLATE_EPOCHS=${TRANSLATE_EPOCHS:-12}
 EVAL_EVERY=${EVAL_EVERY:-4}
 BASELINE=${BASELINE:-0}
+SHARE_REFERENCE=${SHARE_REFERENCE:-true}
 read -r -a EXTRA_OVERRIDES <<<"${EXTRA:-}"
 export SCL_SLT_CACHE=${SCL_SLT_CACHE:-$OUT/cache}
 read -r -a STRATEGY_LIST <<<"$STRATEGIES"
@@ -59,6 +63,7 @@ for seed in $SEEDS; do
     "strategies=[$(IFS=,; echo "${STRATEGY_LIST[*]}")]" \
     "reference_epochs=$REFERENCE_EPOCHS" "contrastive_epochs=$CONTRASTIVE_EPOCHS" \
     "translate_epochs=$TRANSLATE_EPOCHS" "interval=$INTERVAL" "device=$DEVICE" \
+    "share_reference=$SHARE_REFERENCE" \
     "experiment=$EXPERIMENT" "seed=$seed" "stage.eval_every=$EVAL_EVERY" \
     "${EXTRA_OVERRIDES[@]}"
 done
