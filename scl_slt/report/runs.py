@@ -136,6 +136,14 @@ def classify_component(config: dict[str, Any], init_config: dict[str, Any] | Non
     return ONE_STAGE_ROWS.get(selection, f"w/ {selection}")
 
 
+def self_reference_label(row: str, stage1: dict[str, Any]) -> str:
+    """A self-referenced row names its snapshot interval (rows of two intervals never mix):
+    "SCL-SLT (self-referenced)" -> "SCL-SLT (self-referenced, interval 2)"."""
+    if _get(stage1, "selection.name") != "self_trajectory" or not row.endswith("(self-referenced)"):
+        return row
+    return f"{row[:-1]}, interval {_get(stage1, 'tracker.interval', '?')})"
+
+
 def assistance_label(config: dict[str, Any]) -> str:
     """The suffix of a question-based run's row (``data.assist``), so question, gloss and
     video-only runs never share a row: e.g. " + question (ssaw, SSL)", " + gloss (concat)";
@@ -231,6 +239,7 @@ def load_run(path: Path, split: str = "test", checkpoint: str = "best") -> Run:
         run.stage1 = init_dir
         run.row = classify_component(run.config, init_config)
         if run.row is not None:
+            run.row = self_reference_label(run.row, init_config or run.config)
             run.row += assistance_label(run.config)
         override = path / REPORT_FILE
         if override.is_file():

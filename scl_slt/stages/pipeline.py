@@ -50,6 +50,7 @@ class PipelineConfig:
     contrastive_epochs: int = 12
     translate_epochs: int = 30
     interval: int = 3  # reference-run snapshot interval (epochs)
+    self_interval: int | None = None  # self_trajectory's own snapshot interval (null: interval)
     delta: str = "endpoints"  # endpoints | slope | span (selection/trajectory_window.py)
     span_snapshots: int | None = None  # K of delta=span: δ = S^(K x interval) - S^0
     start_epoch: int = 0  # trajectories start at the first snapshot at or after this epoch
@@ -87,6 +88,8 @@ def split_arguments(argv: list[str]) -> tuple[PipelineConfig, list[str]]:
             raise ValueError(f"strategies: unknown selection {name!r}; one of {known}")
     if len(set(cfg.strategies)) != len(cfg.strategies):
         raise ValueError(f"strategies: listed twice in {cfg.strategies}")
+    if cfg.self_interval is not None and cfg.self_interval < 1:
+        raise ValueError(f"self_interval: must be >= 1 or null, got {cfg.self_interval}")
     for name in ("reference_epochs", "contrastive_epochs", "translate_epochs", "interval"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
@@ -199,8 +202,8 @@ class Pipeline:
                 }.get(selection, [])
                 # batch diagnostics against the scored reference (δ, S, categories)
                 extra.append(f"selection.diagnostics_reference={ref['run_dir']}")
-            if selection == "self_trajectory":
-                extra.append(f"tracker.interval={c.interval}")  # its own snapshots
+            if selection == "self_trajectory":  # its own snapshots
+                extra.append(f"tracker.interval={c.self_interval or c.interval}")
             chain = ["reference", "score"] if selection == "trajectory" else []
             if selection in ("visual_curriculum", "san"):
                 chain = ["reference"]

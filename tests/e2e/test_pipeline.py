@@ -141,3 +141,10 @@ def test_self_referenced_chain_needs_no_reference_run_and_each_chain_is_timed(
     assert (
         stage1["tracker"]["interval"] == 1 and stage1["selection"]["diagnostics_reference"] is None
     )
+
+
+def test_self_interval_option():
+    assert split_arguments(["interval=2"])[0].self_interval is None  # the reference's interval
+    assert split_arguments(["self_interval=4"])[0].self_interval == 4
+    with pytest.raises(ValueError, match="self_interval"):
+        split_arguments(["self_interval=0"])

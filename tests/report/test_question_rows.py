@@ -44,3 +44,13 @@ def test_two_stage_question_run_row(tmp_path):
     assert load_run(stage2).row == "CL-SLT + question (ssaw, SSL)"
     assert load_run(stage1).row == "w/ CL + question (ssaw, SSL)"
     assert load_run(plain2).row == "CL-SLT"
+
+
+def test_self_referenced_rows_name_their_interval(tmp_path):
+    config = _config()
+    config["selection"]["name"] = "self_trajectory"
+    config["tracker"]["interval"] = 4
+    stage1 = _run(tmp_path / "2-self_trajectory", config)
+    stage2 = _run(tmp_path / "3-translate-self_trajectory", _config(), stage1)
+    assert load_run(stage1).row == "w/ SCL (self-referenced, interval 4)"
+    assert load_run(stage2).row == "SCL-SLT (self-referenced, interval 4)"
