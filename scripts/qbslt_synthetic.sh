@@ -11,6 +11,8 @@
 #   concat  the question beside the video, no fusion, no SSL -> "CL-SLT + question (concat)"
 #   ssaw    SSAW fusion + video-question InfoNCE + MLM       -> "CL-SLT + question (ssaw, SSL)"
 #   gloss   the gloss sequence in the question's place, SSAW + SSL -> "CL-SLT + gloss (ssaw, SSL)"
+# and two ablation rows (ROWS="ssaw_plain softmax"): SSAW without the question terms, and the
+# SSAW block with softmax weights (+ SSL).
 # Settings (environment variables; defaults in brackets):
 #   PYTHON [python]  SEEDS ["0 1 2"]  DEVICE [cpu]  ROWS ["none concat ssaw gloss"]
 #   CONTRASTIVE_EPOCHS [10]  TRANSLATE_EPOCHS [10]  EVAL_EVERY [2]  EXTRA [""] (Hydra overrides,
