@@ -5,12 +5,18 @@ naming the keys; a resumed MLM run ends where an uninterrupted one does."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import sigterm_at_call
+import torch.multiprocessing as mp
+from conftest import TINY_OVERRIDES, compose_train, sigterm_at_call
 
+from scl_slt.config_checks import validate_train
+from scl_slt.data.datasets import build_split
 from scl_slt.eval.evaluator import evaluate_run
 from scl_slt.models.handoff import HandOffError
 from scl_slt.rundir.checkpoint import load_weights
@@ -73,3 +79,32 @@ def test_a_resumed_mlm_run_ends_where_an_uninterrupted_one_does(tiny_train_cfg, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     mlm = [[r["mlm"] for r in read_metrics(x["run_dir"], "train")] for x in (straight, resumed)]
     assert mlm[0] == mlm[1] and len(mlm[0]) == 6
+
+
+# ------------------------------------------------------------------------ two gloo ranks
+def _ddp_worker(rank: int, port: int, root: str, cache: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    overrides = [*TINY_OVERRIDES, *QBSLT, "loss.question_contrastive_weight=0.5", "stage.epochs=1",
+                 f"data.synthetic.cache_dir={cache}", f"run_dir={root}/run"]  # fmt: skip
+    result = run_stage(compose_train(overrides))
+    weights = load_weights(result["last_checkpoint"])
+    digest = {k: float(v.double().sum()) for k, v in weights.items() if k.startswith("question.")}
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps(digest))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_train_the_question_terms_in_step(tmp_path, synthetic_cache):
+    """The video-question InfoNCE gathers across ranks and the MLM head may go unused by a
+    rank's share: two gloo ranks finish stage 1 together with identical question branches."""
+    data = validate_train(compose_train([*TINY_OVERRIDES, f"data.synthetic.cache_dir={synthetic_cache}"])).data  # fmt: skip
+    build_split(data, "train")  # generate the synthetic data once, before the processes start
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path), str(synthetic_cache)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] and ranks[0] == ranks[1]
+    records = read_metrics(tmp_path / "run", "train")
+    assert records and all(r["question_contrastive"] > 0 and r["mlm"] > 0 for r in records)
