@@ -141,3 +141,24 @@ def sigterm_at_call(monkeypatch, stage_module, call: int) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(stage_module, "compute_losses", forward_then_signal)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test's gloo process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_gloo(rank: int, port: int, world: int = 2) -> None:
+    """In a spawned test process: the environment ``torch.distributed`` reads to form a gloo
+    group of ``world`` CPU ranks (the run then initialises it), one thread per rank."""
+    import os
+
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, compose_train
+from conftest import TINY_OVERRIDES, compose_train, free_port
 from torch import nn
 
 from scl_slt.config import BadSample
@@ -186,12 +185,6 @@ def test_bad_batch_rule_in_error_mode_needs_no_collective():
     assert BadBatchRule("skip", _runtime()).skip(None) is True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ------------------------------------------------------------------ the real loop under DDP
 def _ddp_worker(rank: int, port: int, overrides: list[str], out: str) -> None:
     os.environ.update(
@@ -246,7 +239,7 @@ def test_ddp_ranks_skip_together_and_stay_identical(private, tmp_path):
         "stage.grad_accum=2",
         "stage.eval_every=0",
     ]
-    mp.spawn(_ddp_worker, args=(_free_port(), run_overrides, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(free_port(), run_overrides, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 4
     first_epoch = [r["forwards"][:2] for r in ranks]  # batches 0 and 2; 1 skipped by both

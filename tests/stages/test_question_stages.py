@@ -6,14 +6,12 @@ naming the keys; a resumed MLM run ends where an uninterrupted one does."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, compose_train, sigterm_at_call
+from conftest import TINY_OVERRIDES, compose_train, free_port, join_gloo, sigterm_at_call
 
 from scl_slt.config_checks import validate_train
 from scl_slt.data.datasets import build_split
@@ -83,9 +81,7 @@ def test_a_resumed_mlm_run_ends_where_an_uninterrupted_one_does(tiny_train_cfg, 
 
 # ------------------------------------------------------------------------ two gloo ranks
 def _ddp_worker(rank: int, port: int, root: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                      RANK=str(rank), LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
+    join_gloo(rank, port)
     overrides = [*TINY_OVERRIDES, *QBSLT, "loss.question_contrastive_weight=0.5", "stage.epochs=1",
                  f"data.synthetic.cache_dir={cache}", f"run_dir={root}/run"]  # fmt: skip
     result = run_stage(compose_train(overrides))
@@ -100,9 +96,7 @@ def test_two_ranks_train_the_question_terms_in_step(tmp_path, synthetic_cache):
     rank's share: two gloo ranks finish stage 1 together with identical question branches."""
     data = validate_train(compose_train([*TINY_OVERRIDES, f"data.synthetic.cache_dir={synthetic_cache}"])).data  # fmt: skip
     build_split(data, "train")  # generate the synthetic data once, before the processes start
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_ddp_worker, args=(port, str(tmp_path), str(synthetic_cache)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] and ranks[0] == ranks[1]

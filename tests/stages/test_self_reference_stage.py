@@ -5,15 +5,13 @@ went missing), and two gloo ranks build the same batches from the δ one rank wr
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, compose_train, sigterm_at_call
+from conftest import TINY_OVERRIDES, compose_train, free_port, join_gloo, sigterm_at_call
 
 from scl_slt.config import ConfigError
 from scl_slt.config_checks import validate_train
@@ -100,9 +98,7 @@ def test_an_interval_without_a_later_epoch_is_refused_naming_the_key(make_cfg):
 
 # ------------------------------------------------------------------------ two gloo ranks
 def _worker(rank: int, port: int, root: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-                      RANK=str(rank), LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
+    join_gloo(rank, port)
     seen: dict[str, list] = {"batches": [], "scored": []}
     original_forward, original_write = contrastive.compute_losses, self_reference.SelfReference._write_delta  # fmt: skip
 
@@ -125,9 +121,7 @@ def _worker(rank: int, port: int, root: str, cache: str) -> None:
 def test_two_ranks_share_the_delta_one_rank_wrote(tmp_path, synthetic_cache):
     data = validate_train(compose_train([*TINY_OVERRIDES, f"data.synthetic.cache_dir={synthetic_cache}"])).data  # fmt: skip
     build_split(data, "train")  # generate the synthetic data once, before the processes start
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_worker, args=(port, str(tmp_path), str(synthetic_cache)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["scored"] == [1, 2] and ranks[1]["scored"] == []  # rank 0 scores alone

@@ -15,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, compose_train
+from conftest import TINY_OVERRIDES, compose_train, free_port
 from torch import nn
 
 from scl_slt.config_checks import validate_train
@@ -119,12 +118,6 @@ def _worker(rank: int, port: int, root: str, cache: str, scores: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_match_one_process(tmp_path, synthetic_cache, monkeypatch):
     scores = tmp_path / "pair_scores.npy"
     np.save(scores, np.random.default_rng(1).normal(size=(24, 24)).astype(np.float16))
@@ -137,7 +130,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, synthetic_cache, monkeypatch
     ddp_root.mkdir()
     mp.spawn(
         _worker,
-        args=(_free_port(), str(ddp_root), str(synthetic_cache), str(scores)),
+        args=(free_port(), str(ddp_root), str(synthetic_cache), str(scores)),
         nprocs=WORLD,
         join=True,
     )
