@@ -162,3 +162,36 @@ def join_gloo(rank: int, port: int, world: int = 2) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
+
+
+def interrupted_and_resumed(make_cfg, tmp_path, monkeypatch, stage_module, call: int, before_resume=None):  # fmt: skip
+    """A stage run straight through (``<tmp>/straight``) and the same run stopped by SIGTERM
+    during forward ``call`` (``<tmp>/stopped``), then resumed with ``resume=auto``;
+    ``before_resume(stopped_dir)`` runs in between. ``make_cfg(*overrides)`` composes the
+    config. Returns both results."""
+    import pytest
+
+    from scl_slt.stages import run_stage
+    from scl_slt.training.runtime import TrainingInterrupted
+
+    straight = run_stage(make_cfg(f"run_dir={tmp_path / 'straight'}"))
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as m:
+        sigterm_at_call(m, stage_module, call)
+        with pytest.raises(TrainingInterrupted):
+            run_stage(make_cfg(f"run_dir={stopped}"))
+    if before_resume is not None:
+        before_resume(stopped)
+    return straight, run_stage(make_cfg(f"run_dir={stopped}", "resume=auto"))
+
+
+def assert_same_final_weights(*results) -> None:
+    """The runs' last checkpoints hold bit-identical weights."""
+    import torch
+
+    from scl_slt.rundir.checkpoint import load_weights
+
+    first, *others = (load_weights(r["last_checkpoint"]) for r in results)
+    for other in others:
+        assert first.keys() == other.keys()
+        assert all(torch.equal(first[k], other[k]) for k in first)

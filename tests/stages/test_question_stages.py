@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, compose_train, free_port, join_gloo, sigterm_at_call
+from conftest import (
+    TINY_OVERRIDES,
+    assert_same_final_weights,
+    compose_train,
+    free_port,
+    interrupted_and_resumed,
+    join_gloo,
+)
 
 from scl_slt.config_checks import validate_train
 from scl_slt.data.datasets import build_split
@@ -20,7 +27,6 @@ from scl_slt.models.handoff import HandOffError
 from scl_slt.rundir.checkpoint import load_weights
 from scl_slt.rundir.layout import read_metrics
 from scl_slt.stages import run_stage, translate
-from scl_slt.training.runtime import TrainingInterrupted
 
 QBSLT = ["data.assist=question", "model.fusion=ssaw", "loss.mlm_weight=0.5", "model.dropout=0.0",
          "stage.eval_every=0"]  # fmt: skip
@@ -67,14 +73,10 @@ def test_gloss_assistance_reads_the_gloss_sequence(tiny_train_cfg, tmp_path, mon
 
 def test_a_resumed_mlm_run_ends_where_an_uninterrupted_one_does(tiny_train_cfg, tmp_path, monkeypatch):  # fmt: skip
     extra = [*QBSLT, "stage=translate", "model.dropout=0.3"]
-    straight = run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'straight'}"))
-    with monkeypatch.context() as m:
-        sigterm_at_call(m, translate, 5)
-        with pytest.raises(TrainingInterrupted):
-            run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'stopped'}"))
-    resumed = run_stage(tiny_train_cfg(*extra, f"run_dir={tmp_path / 'stopped'}", "resume=auto"))
-    a, b = load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"])
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight, resumed = interrupted_and_resumed(
+        lambda *o: tiny_train_cfg(*extra, *o), tmp_path, monkeypatch, translate, 5
+    )
+    assert_same_final_weights(straight, resumed)
     mlm = [[r["mlm"] for r in read_metrics(x["run_dir"], "train")] for x in (straight, resumed)]
     assert mlm[0] == mlm[1] and len(mlm[0]) == 6
 

@@ -11,19 +11,24 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, compose_train, free_port, join_gloo, sigterm_at_call
+from conftest import (
+    TINY_OVERRIDES,
+    assert_same_final_weights,
+    compose_train,
+    free_port,
+    interrupted_and_resumed,
+    join_gloo,
+)
 
 from scl_slt.config import ConfigError
 from scl_slt.config_checks import validate_train
 from scl_slt.data.datasets import build_split
-from scl_slt.rundir.checkpoint import load_weights
 from scl_slt.rundir.layout import read_metrics
 from scl_slt.selection import self_reference
 from scl_slt.selection.curriculum import CurriculumBatchSampler
 from scl_slt.selection.samplers import RandomBatchSampler
 from scl_slt.selection.self_reference import SelfReference
 from scl_slt.stages import contrastive, run_stage
-from scl_slt.training.runtime import TrainingInterrupted
 
 N_TRAIN, BATCH, SEED, EPOCHS = 24, 8, 0, 3
 SELF = ["selection=self_trajectory", "tracker.interval=1", f"stage.epochs={EPOCHS}",
@@ -74,19 +79,15 @@ def test_trains_on_the_curriculum_over_its_own_snapshots(make_cfg, recorded):
 
 
 def test_resumes_exactly_even_without_its_latest_delta(make_cfg, tmp_path, monkeypatch):
-    straight = run_stage(make_cfg(f"run_dir={tmp_path / 'straight'}"))
-    stopped = tmp_path / "stopped"
-    with monkeypatch.context() as m:
-        # epoch 2 (0-based), its second batch: curriculum over δ^2
-        sigterm_at_call(m, contrastive, 8)
-        with pytest.raises(TrainingInterrupted):
-            run_stage(make_cfg(f"run_dir={stopped}"))
-    for suffix in (".npy", ".json"):  # the δ epoch 2 needs: rescored from its snapshot
-        (stopped / "self_scores" / f"delta-epoch-0002{suffix}").unlink()
-    resumed = run_stage(make_cfg(f"run_dir={stopped}", "resume=auto"))
+    def drop_delta(stopped: Path) -> None:  # the δ epoch 2 needs: rescored from its snapshot
+        for suffix in (".npy", ".json"):
+            (stopped / "self_scores" / f"delta-epoch-0002{suffix}").unlink()
 
-    a, b = load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"])
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # stopped during forward 8: epoch 2 (0-based), its second batch, curriculum over δ^2
+    straight, resumed = interrupted_and_resumed(
+        make_cfg, tmp_path, monkeypatch, contrastive, 8, before_resume=drop_delta
+    )
+    assert_same_final_weights(straight, resumed)
     losses = [[r["loss"] for r in read_metrics(x["run_dir"], "train")] for x in (straight, resumed)]
     assert losses[0] == losses[1] and len(losses[0]) == 9
 

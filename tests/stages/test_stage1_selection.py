@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, sigterm_at_call
+from conftest import REPO, assert_same_final_weights, interrupted_and_resumed
 
 from scl_slt.config import ConfigError
 from scl_slt.config_checks import validate_train
@@ -32,7 +32,7 @@ from scl_slt.selection.build import build_batch_sampler
 from scl_slt.selection.online import OnlineCurriculumSampler, OnlineTrajectory
 from scl_slt.selection.samplers import RandomBatchSampler
 from scl_slt.stages import contrastive, run_stage
-from scl_slt.training.runtime import TrainingInterrupted, seed_everything
+from scl_slt.training.runtime import seed_everything
 
 N_TRAIN, BATCH, SEED = 24, 8, 0
 # A larger dev split than the tiny default, so that glosses repeat (SDR) and R@10 < 100 %.
@@ -132,16 +132,11 @@ def test_online_trajectory_records_every_step_and_feeds_the_next_epoch(make_cfg,
 
 def test_online_trajectory_resumes_exactly(make_cfg, tmp_path, monkeypatch):
     extra = ["selection=online_trajectory", "model.dropout=0.3"]
-    straight = run_stage(make_cfg(*extra, f"run_dir={tmp_path / 'straight'}"))
-    with monkeypatch.context() as m:
-        # epoch 2, its second batch: mid-epoch, curriculum batches
-        sigterm_at_call(m, contrastive, 5)
-        with pytest.raises(TrainingInterrupted):
-            run_stage(make_cfg(*extra, f"run_dir={tmp_path / 'stopped'}"))
-    resumed = run_stage(make_cfg(*extra, f"run_dir={tmp_path / 'stopped'}", "resume=auto"))
-
-    a, b = load_weights(straight["last_checkpoint"]), load_weights(resumed["last_checkpoint"])
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # stopped during forward 5: epoch 2, its second batch: mid-epoch, curriculum batches
+    straight, resumed = interrupted_and_resumed(
+        lambda *o: make_cfg(*extra, *o), tmp_path, monkeypatch, contrastive, 5
+    )
+    assert_same_final_weights(straight, resumed)
     losses = [[r["loss"] for r in read_metrics(x["run_dir"], "train")] for x in (straight, resumed)]
     assert losses[0] == losses[1]
     states = [load_train_state(x["last_checkpoint"])["sampler"]["trajectory"] for x in (straight, resumed)]  # fmt: skip
